@@ -1,0 +1,111 @@
+"""Python halves of the C++ operators: fake kernels and autograd (DESIGN §2).
+
+The schemas live in csrc/hanet_ops.cpp. Every op gets a fake kernel so that
+torch.compile and opcheck can trace it; the forward ops get autograd formulas whose
+backward calls the fused backward ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hanet_fast.ops import _validate
+from hanet_fast.ops.layout import is_channels_last, memory_format_of
+
+_lib = "hanet_fast::"
+
+
+# ----------------------------------------------------------------------------- fake kernels
+@torch.library.register_fake(_lib + "height_pool_avg")
+def _height_pool_avg_fake(x: torch.Tensor, rows: int) -> torch.Tensor:
+    _validate.check_height_pool(x, rows)
+    return x.new_empty((x.shape[0], x.shape[1], rows))
+
+
+@torch.library.register_fake(_lib + "height_pool_max")
+def _height_pool_max_fake(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _validate.check_height_pool(x, rows)
+    shape = (x.shape[0], x.shape[1], rows)
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+
+def _grad_input_like(grad_out: torch.Tensor, height, width, channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], height, width)).contiguous(memory_format=fmt)
+
+
+@torch.library.register_fake(_lib + "height_pool_avg_backward")
+def _height_pool_avg_backward_fake(grad_out, height, width, channels_last):
+    return _grad_input_like(grad_out, height, width, channels_last)
+
+
+@torch.library.register_fake(_lib + "height_pool_max_backward")
+def _height_pool_max_backward_fake(grad_out, indices, height, width, channels_last):
+    return _grad_input_like(grad_out, height, width, channels_last)
+
+
+@torch.library.register_fake(_lib + "height_gate")
+def _height_gate_fake(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    _validate.check_height_gate(x, attn)
+    return torch.empty_like(x, memory_format=memory_format_of(x))
+
+
+@torch.library.register_fake(_lib + "height_gate_backward")
+def _height_gate_backward_fake(grad_y, x, attn):
+    return torch.empty_like(x, memory_format=memory_format_of(x)), torch.empty_like(attn, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake(_lib + "height_gate_attn_backward")
+def _height_gate_attn_backward_fake(grad_y, x, rows):
+    return x.new_empty((x.shape[0], x.shape[1], rows))
+
+
+# ----------------------------------------------------------------------------- autograd
+def _pool_setup_context(ctx, inputs, output) -> None:
+    x, _rows = inputs
+    ctx.height, ctx.width = x.shape[2], x.shape[3]
+    ctx.channels_last = is_channels_last(x)
+    if isinstance(output, tuple):  # max pooling saves its argmax
+        ctx.save_for_backward(output[1])
+
+
+def _height_pool_avg_backward(ctx, grad_out):
+    grad_x = torch.ops.hanet_fast.height_pool_avg_backward(grad_out, ctx.height, ctx.width, ctx.channels_last)
+    return grad_x, None
+
+
+def _height_pool_max_backward(ctx, grad_values, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    grad_x = torch.ops.hanet_fast.height_pool_max_backward(
+        grad_values, indices, ctx.height, ctx.width, ctx.channels_last
+    )
+    return grad_x, None
+
+
+def _height_gate_setup_context(ctx, inputs, output) -> None:
+    x, attn = inputs
+    needs_x, needs_attn = ctx.needs_input_grad[:2]
+    # grad_x needs attn; grad_attn needs x: keep only what the requested gradients read.
+    ctx.save_for_backward(x if needs_attn else None, attn if needs_x else None)
+    ctx.rows = attn.shape[2]
+
+
+def _height_gate_backward(ctx, grad_y):
+    x, attn = ctx.saved_tensors
+    needs_x, needs_attn = ctx.needs_input_grad[:2]
+    if needs_x and needs_attn:
+        return torch.ops.hanet_fast.height_gate_backward(grad_y, x, attn)
+    if needs_x:  # grad_x = grad_y * up(attn) is the forward op itself
+        return torch.ops.hanet_fast.height_gate(grad_y, attn), None
+    return None, torch.ops.hanet_fast.height_gate_attn_backward(grad_y, x, ctx.rows)
+
+
+torch.library.register_autograd(
+    _lib + "height_pool_avg", _height_pool_avg_backward, setup_context=_pool_setup_context
+)
+torch.library.register_autograd(
+    _lib + "height_pool_max", _height_pool_max_backward, setup_context=_pool_setup_context
+)
+torch.library.register_autograd(
+    _lib + "height_gate", _height_gate_backward, setup_context=_height_gate_setup_context
+)

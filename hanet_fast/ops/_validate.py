@@ -1,0 +1,63 @@
+"""Input checks shared by every backend and by the fake (meta) kernels.
+
+The C++ kernels repeat these checks with the same wording (csrc/checks.h) so that
+calling ``torch.ops.hanet_fast.*`` directly fails the same way as the public API.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOL_MODES = ("avg", "max")
+
+
+def check_feature_map(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"hanet_fast: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(
+            f"hanet_fast: {name} must be a 4-D tensor [B, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"hanet_fast: {name} must have a floating-point dtype, got {x.dtype}")
+
+
+def check_rows(rows: int) -> None:
+    if isinstance(rows, bool) or not isinstance(rows, int):
+        raise TypeError(f"hanet_fast: rows must be an int, got {type(rows).__name__}")
+    if rows < 1:
+        raise ValueError(f"hanet_fast: rows must be >= 1, got {rows}")
+
+
+def check_pool_mode(mode: str) -> None:
+    if mode not in POOL_MODES:
+        raise ValueError(f"hanet_fast: mode must be one of {POOL_MODES}, got {mode!r}")
+
+
+def check_height_pool(x: torch.Tensor, rows: int, mode: str = "avg") -> None:
+    check_feature_map(x, "x")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"hanet_fast: x must have height and width >= 1 to be pooled, got shape {tuple(x.shape)}")
+    check_rows(rows)
+    check_pool_mode(mode)
+
+
+def check_height_gate(x: torch.Tensor, attn: torch.Tensor) -> None:
+    check_feature_map(x, "x")
+    if not isinstance(attn, torch.Tensor):
+        raise TypeError(f"hanet_fast: attn must be a torch.Tensor, got {type(attn).__name__}")
+    if attn.dim() != 3:
+        raise ValueError(
+            f"hanet_fast: attn must be a 3-D tensor [B, C, rows], got {attn.dim()}-D with shape {tuple(attn.shape)}"
+        )
+    if not attn.is_floating_point():
+        raise TypeError(f"hanet_fast: attn must have a floating-point dtype, got {attn.dtype}")
+    if attn.device != x.device:
+        raise ValueError(f"hanet_fast: attn is on {attn.device} but x is on {x.device}; they must be on one device")
+    if attn.shape[0] != x.shape[0] or attn.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"hanet_fast: attn must have x's batch and channel sizes [{x.shape[0]}, {x.shape[1]}, rows], "
+            f"got {tuple(attn.shape)}"
+        )
+    if attn.shape[2] < 1:
+        raise ValueError("hanet_fast: attn must have at least one row (rows >= 1), got 0")

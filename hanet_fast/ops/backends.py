@@ -1,0 +1,84 @@
+"""Which backend runs an op: the rules of DESIGN §2.
+
+``auto`` picks, for CUDA tensors, ``cuda`` if the extension was built with CUDA, else
+``triton``, else ``reference``; for CPU tensors, ``cpu`` if the extension was built,
+else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``.
+A backend named explicitly that cannot run raises and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from hanet_fast import _extension
+from hanet_fast import triton as _triton
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+ENV_VAR = "HANET_FAST_BACKEND"
+
+
+def _unavailable_reasons() -> dict[str, str | None]:
+    reasons: dict[str, str | None] = {"reference": None, "cpu": _extension.LOAD_ERROR}
+    if _extension.LOAD_ERROR is not None:
+        reasons["cuda"] = _extension.LOAD_ERROR
+    elif not _extension.built_with_cuda():
+        reasons["cuda"] = "extension built without CUDA"
+    else:
+        reasons["cuda"] = None
+    reasons["triton"] = _triton.unavailable_reason()
+    return reasons
+
+
+# Computed once: torch.compile traces resolve_backend, which must not call into C++.
+_UNAVAILABLE = _unavailable_reasons()
+_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+
+
+def _default_backend() -> str:
+    name = os.environ.get(ENV_VAR, "auto")
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"hanet_fast: {ENV_VAR}={name!r} is not one of {('auto',) + BACKENDS}")
+    return name
+
+
+DEFAULT_BACKEND = _default_backend()
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name mapped to None when it can run here, or to the reason it cannot."""
+    return dict(_UNAVAILABLE)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend that runs an op on tensors of ``device`` when ``backend`` is asked for."""
+    if backend == "auto":
+        backend = DEFAULT_BACKEND
+    if backend == "auto":
+        return _auto_backend(device)
+    if backend not in BACKENDS:
+        raise ValueError(f"hanet_fast: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    reason = _UNAVAILABLE[backend]
+    if reason is not None:
+        raise RuntimeError(f"hanet_fast: backend {backend!r} is not available: {reason}")
+    wanted = _DEVICE_OF.get(backend)
+    if wanted is not None and device.type != wanted:
+        raise ValueError(f"hanet_fast: backend {backend!r} runs on {wanted} tensors, got tensors on {device}")
+    return backend
+
+
+_warned_fallback: set[str] = set()
+
+
+def _auto_backend(device: torch.device) -> str:
+    candidates = ("cuda", "triton") if device.type == "cuda" else ("cpu",) if device.type == "cpu" else ()
+    for name in candidates:
+        if _UNAVAILABLE[name] is None:
+            return name
+    if candidates and device.type not in _warned_fallback:
+        _warned_fallback.add(device.type)
+        reasons = "; ".join(f"{name}: {_UNAVAILABLE[name]}" for name in candidates)
+        warnings.warn(f"hanet_fast: no fused backend for {device.type} tensors ({reasons}); using 'reference'")
+    return "reference"
