@@ -1,0 +1,350 @@
+"""Every fused backend of height_pool and height_gate against the reference ops (DESIGN §1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hanet_fast
+from hanet_fast.ops import reference
+from op_cases import DTYPES, FUSED_BACKENDS, MEMORY_FORMATS, SHAPES, assert_close, oracle_dtype, require_backend
+
+POOL_MODES = ["avg", "max"]
+
+
+def make_x(shape, dtype, device, memory_format=torch.contiguous_format, seed=0):
+    B, C, H, W, _ = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64).to(dtype)
+    return x.to(device).contiguous(memory_format=memory_format)
+
+
+def make_attn(shape, dtype, device, seed=1):
+    B, C, _, _, rows = shape
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, rows, generator=gen, dtype=torch.float64).to(dtype).to(device)
+
+
+def grads(out, inputs, grad_out):
+    return torch.autograd.grad(out, inputs, grad_out)
+
+
+# ----------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("mode", POOL_MODES)
+def test_height_pool_matches_reference(backend, device, dtype, atol, rtol, shape, memory_format, mode):
+    require_backend(backend, device)
+    rows = shape[4]
+    x = make_x(shape, dtype, device, memory_format).requires_grad_()
+    z = hanet_fast.height_pool(x, rows, mode, backend=backend)
+    assert z.shape == (shape[0], shape[1], rows) and z.dtype == dtype and z.is_contiguous()
+
+    x_ref = x.detach().to(oracle_dtype(dtype)).requires_grad_()
+    z_ref = reference.height_pool(x_ref, rows, mode)
+    assert_close(z, z_ref, atol, rtol)
+
+    grad_z = torch.randn_like(z_ref)
+    (grad_x,) = grads(z, x, grad_z.to(dtype))
+    (grad_x_ref,) = grads(z_ref, x_ref, grad_z)
+    assert grad_x.dtype == dtype and grad_x.shape == x.shape
+    assert grad_x.is_contiguous(memory_format=memory_format)
+    assert_close(grad_x, grad_x_ref, atol, rtol)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_height_gate_matches_reference(backend, device, dtype, atol, rtol, shape, memory_format):
+    require_backend(backend, device)
+    x = make_x(shape, dtype, device, memory_format).requires_grad_()
+    attn = make_attn(shape, dtype, device).requires_grad_()
+    y = hanet_fast.height_gate(x, attn, backend=backend)
+    assert y.shape == x.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=memory_format)
+
+    x_ref = x.detach().to(oracle_dtype(dtype)).requires_grad_()
+    attn_ref = attn.detach().to(oracle_dtype(dtype)).requires_grad_()
+    y_ref = reference.height_gate(x_ref, attn_ref)
+    assert_close(y, y_ref, atol, rtol)
+
+    grad_y = torch.randn_like(y_ref)
+    grad_x, grad_attn = grads(y, (x, attn), grad_y.to(dtype))
+    grad_x_ref, grad_attn_ref = grads(y_ref, (x_ref, attn_ref), grad_y)
+    assert grad_x.is_contiguous(memory_format=memory_format)
+    assert_close(grad_x, grad_x_ref, atol, rtol)
+    # grad_attn sums about W * H / rows products: widen atol with the count.
+    terms = shape[3] * max(1, shape[2] // shape[4])
+    assert_close(grad_attn, grad_attn_ref, atol, rtol, scale=terms**0.5)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("wanted", ["x", "attn"])
+def test_height_gate_single_gradient(backend, device, wanted):
+    """Only the requested gradient is computed, and it equals the reference's."""
+    require_backend(backend, device)
+    shape = (2, 3, 21, 6, 8)
+    x = make_x(shape, torch.float64, device).requires_grad_(wanted == "x")
+    attn = make_attn(shape, torch.float64, device).requires_grad_(wanted == "attn")
+    target = x if wanted == "x" else attn
+    grad_y = torch.randn_like(x)
+    (got,) = grads(hanet_fast.height_gate(x, attn, backend=backend), target, grad_y)
+    (expected,) = grads(reference.height_gate(x, attn), target, grad_y)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("op", ["pool_avg", "pool_max", "gate"])
+def test_non_dense_strides(backend, device, op):
+    """Inputs that are neither NCHW- nor NHWC-contiguous still give the reference's answer."""
+    require_backend(backend, device)
+    base = torch.randn(2, 9, 15, 22, dtype=torch.float64, device=device)
+    views = [base[:, ::2, :, ::3], base.transpose(2, 3), base.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)]
+    for x in views:
+        x = x.detach().requires_grad_()
+        grad_source = torch.randn(x.shape, dtype=torch.float64, device=device)
+        if op == "gate":
+            attn = torch.rand(x.shape[0], x.shape[1], 5, dtype=torch.float64, device=device, requires_grad=True)
+            out = hanet_fast.height_gate(x, attn, backend=backend)
+            expected = reference.height_gate(x, attn)
+            inputs = (x, attn)
+        else:
+            mode = op.split("_")[1]
+            out = hanet_fast.height_pool(x, 4, mode, backend=backend)
+            expected = reference.height_pool(x, 4, mode)
+            inputs = (x,)
+        torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+        grad_out = grad_source.flatten()[: out.numel()].view(out.shape)
+        for got, want in zip(grads(out, inputs, grad_out), grads(expected, inputs, grad_out)):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_gradient_with_zero_strides(backend, device):
+    """The backward of .sum() hands the kernels an expanded (stride 0) gradient."""
+    require_backend(backend, device)
+    shape = (2, 4, 13, 5, 6)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = make_x(shape, torch.float64, device, memory_format).requires_grad_()
+        attn = make_attn(shape, torch.float64, device).requires_grad_()
+        got = grads(hanet_fast.height_gate(x, attn, backend=backend).sum(), (x, attn), None)
+        want = grads(reference.height_gate(x, attn).sum(), (x, attn), None)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+        for mode in POOL_MODES:
+            (g,) = grads(hanet_fast.height_pool(x, 6, mode, backend=backend).sum(), x, None)
+            (w,) = grads(reference.height_pool(x, 6, mode).sum(), x, None)
+            torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_height_gate_promotes_dtypes_like_multiplication(backend, device):
+    require_backend(backend, device)
+    shape = (1, 3, 9, 4, 4)
+    x = make_x(shape, torch.bfloat16, device)
+    attn = make_attn(shape, torch.float32, device)
+    y = hanet_fast.height_gate(x, attn, backend=backend)
+    y_ref = reference.height_gate(x, attn)
+    assert y.dtype == y_ref.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- special values
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_and_inf_propagate_like_reference(backend, device, memory_format, dtype):
+    require_backend(backend, device)
+    shape = (2, 3, 11, 7, 4)
+    x = make_x(shape, torch.float32, device)
+    x[0, 0, 2, 3] = float("nan")
+    x[0, 1, 5, 0] = float("inf")
+    x[1, 2, 9, 6] = float("-inf")
+    x[1, 0, 0, :] = float("-inf")  # a whole row of -inf: max keeps the first position
+    x[1, 1, 3, 2] = float("nan")
+    x[1, 1, 4, 5] = float("nan")  # two NaNs in one bin: the later one is the argmax
+    x = x.to(dtype).contiguous(memory_format=memory_format)
+    attn = make_attn(shape, dtype, device)
+    attn[0, 2, 1] = float("nan")
+    attn[1, 0, 3] = float("inf")
+    for mode in POOL_MODES:
+        xg = x.detach().requires_grad_()
+        z = hanet_fast.height_pool(xg, 4, mode, backend=backend)
+        xr = x.detach().requires_grad_()
+        z_ref = reference.height_pool(xr, 4, mode)
+        torch.testing.assert_close(z, z_ref, equal_nan=True, atol=1e-2, rtol=1e-2)
+        grad = torch.ones_like(z)
+        torch.testing.assert_close(grads(z, xg, grad)[0], grads(z_ref, xr, grad)[0], equal_nan=True)
+    y = hanet_fast.height_gate(x, attn, backend=backend)
+    y_ref = reference.height_gate(x, attn)
+    assert torch.equal(y.isnan(), y_ref.isnan())
+    assert torch.equal(y.isinf(), y_ref.isinf())
+    finite = y_ref.isfinite()
+    torch.testing.assert_close(y[finite], y_ref[finite], atol=1e-2, rtol=1e-2)
+
+
+# ----------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_bitwise_deterministic(backend, device, memory_format):
+    require_backend(backend, device)
+    shape = (2, 24, 45, 67, 16)
+
+    def run():
+        x = make_x(shape, torch.float32, device, memory_format).requires_grad_()
+        attn = make_attn(shape, torch.float32, device).requires_grad_()
+        outs = []
+        for mode in POOL_MODES:
+            z = hanet_fast.height_pool(x, 16, mode, backend=backend)
+            outs += [z, *grads(z, x, torch.ones_like(z))]
+        y = hanet_fast.height_gate(x, attn, backend=backend)
+        outs += [y, *grads(y, (x, attn), torch.ones_like(y) / 3)]
+        return outs
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------- gradcheck / opcheck
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_gradcheck(backend, device, memory_format):
+    require_backend(backend, device)
+    shape = (2, 3, 7, 4, 5)
+    x = make_x(shape, torch.float64, device, memory_format).requires_grad_()
+    attn = make_attn(shape, torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: hanet_fast.height_gate(a, b, backend=backend), (x, attn))
+    for mode in POOL_MODES:
+        assert torch.autograd.gradcheck(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x,))
+    x_short = make_x((1, 2, 3, 2, 5), torch.float64, device, memory_format).requires_grad_()  # H < rows
+    for mode in POOL_MODES:
+        assert torch.autograd.gradcheck(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x_short,))
+
+
+def _op_samples(device):
+    ops = torch.ops.hanet_fast
+    samples = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(2, 3, 9, 5, dtype=dtype, device=device).contiguous(memory_format=memory_format)
+            attn = torch.rand(2, 3, 4, dtype=dtype, device=device)
+            grad_z = torch.randn(2, 3, 4, dtype=dtype, device=device)
+            grad_y = torch.randn_like(x)
+            indices = ops.height_pool_max(x, 4)[1]
+            cl = memory_format == torch.channels_last
+            samples += [
+                (ops.height_pool_avg.default, (x.requires_grad_(), 4)),
+                (ops.height_pool_max.default, (x, 4)),
+                (ops.height_gate.default, (x, attn.requires_grad_())),
+                (ops.height_pool_avg_backward.default, (grad_z, 9, 5, cl)),
+                (ops.height_pool_max_backward.default, (grad_z, indices, 9, 5, cl)),
+                (ops.height_gate_backward.default, (grad_y, x.detach(), attn.detach())),
+                (ops.height_gate_attn_backward.default, (grad_y, x.detach(), 4)),
+            ]
+    return samples
+
+
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_opcheck_every_op(device):
+    require_backend("cpu" if device == "cpu" else "cuda", device)
+    for op, args in _op_samples(device):
+        torch.library.opcheck(op, args)
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_inputs(device):
+    x = torch.randn(2, 3, 8, 4, device=device)
+    attn = torch.rand(2, 3, 4, device=device)
+    other = "meta" if device == "cpu" else "cpu"
+    gate = [
+        ((x[0], attn), ValueError, r"x must be a 4-D tensor"),
+        ((x.long(), attn), TypeError, r"x must have a floating-point dtype"),
+        ((x, attn[0]), ValueError, r"attn must be a 3-D tensor"),
+        ((x, attn.int()), TypeError, r"attn must have a floating-point dtype"),
+        ((x, attn.to(other)), ValueError, r"attn is on .* but x is on"),
+        ((x, attn[:1]), ValueError, r"attn must have x's batch and channel sizes"),
+        ((x, attn[:, :2]), ValueError, r"attn must have x's batch and channel sizes"),
+        ((x, attn[:, :, :0]), ValueError, r"attn must have at least one row"),
+    ]
+    pool = [
+        ((x[0], 4, "avg"), ValueError, r"x must be a 4-D tensor"),
+        ((x.to(torch.int32), 4, "avg"), TypeError, r"x must have a floating-point dtype"),
+        ((x, 0, "avg"), ValueError, r"rows must be >= 1"),
+        ((x, -3, "max"), ValueError, r"rows must be >= 1"),
+        ((x, 4, "median"), ValueError, r"mode must be one of"),
+        ((x[:, :, :0], 4, "avg"), ValueError, r"x must have height and width >= 1"),
+    ]
+    return gate, pool
+
+
+@pytest.mark.parametrize(
+    "backend,device", [pytest.param("reference", "cpu", id="reference"), *FUSED_BACKENDS]
+)
+def test_bad_input_errors_name_the_argument(backend, device):
+    require_backend(backend, device)
+    gate, pool = _bad_inputs(device)
+    for args, error, message in gate:
+        with pytest.raises(error, match=message):
+            hanet_fast.height_gate(*args, backend=backend)
+    for args, error, message in pool:
+        with pytest.raises(error, match=message):
+            hanet_fast.height_pool(*args, backend=backend)
+
+
+def test_direct_op_calls_fail_like_the_public_api():
+    """The C++ checks word each error as the Python checks do."""
+    require_backend("cpu", "cpu")
+    gate, pool = _bad_inputs("cpu")
+    for args, error, message in gate:
+        if args[1].device.type == "meta":
+            continue  # the dispatcher refuses mixed devices before the kernel runs
+        with pytest.raises(error, match=message):
+            torch.ops.hanet_fast.height_gate(*args)
+    for args, error, message in pool:
+        if args[2] != "avg":
+            continue
+        with pytest.raises(error, match=message):
+            torch.ops.hanet_fast.height_pool_avg(args[0], args[1])
+
+
+def test_unavailable_backends_say_why():
+    reasons = hanet_fast.ops.available_backends()
+    for name, why in reasons.items():
+        if why is not None:
+            with pytest.raises(RuntimeError, match=f"backend '{name}' is not available"):
+                hanet_fast.height_gate(torch.randn(1, 1, 2, 2), torch.rand(1, 1, 2), backend=name)
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        hanet_fast.height_pool(torch.randn(1, 1, 2, 2), 2, backend="fastest")
+
+
+def test_auto_picks_the_fused_cpu_backend():
+    require_backend("cpu", "cpu")
+    assert hanet_fast.ops.resolve_backend("auto", torch.device("cpu")) in ("cpu", hanet_fast.ops.backends.DEFAULT_BACKEND)
+
+
+def test_backend_env_var_overrides_auto(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, hanet_fast;"
+        "print(hanet_fast.ops.resolve_backend('auto', torch.device('cpu')))"
+    )
+    env = {**__import__("os").environ, "HANET_FAST_BACKEND": "reference"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "reference"
+    env["HANET_FAST_BACKEND"] = "nonsense"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "HANET_FAST_BACKEND='nonsense'" in bad.stderr
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_cpu_backend_refuses_tensors_of_another_device(backend, device):
+    require_backend(backend, device)
+    if device == "cpu":
+        x = torch.randn(1, 1, 2, 2, device="meta")
+        with pytest.raises(ValueError, match="runs on cpu tensors"):
+            hanet_fast.height_pool(x, 2, backend=backend)
