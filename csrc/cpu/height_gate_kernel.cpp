@@ -18,7 +18,7 @@
 #include "../checks.h"
 #include "../layout.h"
 #include "parallel.h"
-#include "vec_runs.h"
+#include "runs.h"
 
 namespace hanet_fast {
 namespace cpu {
@@ -26,30 +26,34 @@ namespace {
 
 using index::linear_taps;
 
-template <typename scalar_t>
-inline acc_t<scalar_t> upsampled(const scalar_t* attn_plane, int64_t h, int64_t rows, int64_t height) {
-  const auto taps = linear_taps<acc_t<scalar_t>>(h, rows, height);
-  return taps.w_lo * static_cast<acc_t<scalar_t>>(attn_plane[taps.lo]) +
-         taps.w_hi * static_cast<acc_t<scalar_t>>(attn_plane[taps.hi]);
+// The interpolation taps of every output row, computed once per call.
+template <typename acc>
+std::vector<index::LinearTaps<acc>> taps_per_row(int64_t rows, int64_t height) {
+  std::vector<index::LinearTaps<acc>> taps(height);
+  for (int64_t h = 0; h < height; ++h) taps[h] = linear_taps<acc>(h, rows, height);
+  return taps;
 }
 
-// up[c] for every channel of batch b at row h.
 template <typename scalar_t>
-inline void upsampled_channels(acc_t<scalar_t>* up, const scalar_t* attn, int64_t b, int64_t h, int64_t channels,
-                               int64_t rows, int64_t height) {
-  for (int64_t c = 0; c < channels; ++c) {
-    up[c] = upsampled(attn + (b * channels + c) * rows, h, rows, height);
-  }
+inline acc_t<scalar_t> upsampled(const scalar_t* attn_plane, const index::LinearTaps<acc_t<scalar_t>>& t) {
+  return t.w_lo * widen(attn_plane[t.lo]) + t.w_hi * widen(attn_plane[t.hi]);
+}
+
+// up[c] for every channel of batch b at one row.
+template <typename scalar_t>
+inline void upsampled_channels(acc_t<scalar_t>* up, const scalar_t* attn_batch, int64_t channels, int64_t rows,
+                               const index::LinearTaps<acc_t<scalar_t>>& t) {
+  for (int64_t c = 0; c < channels; ++c) up[c] = upsampled(attn_batch + c * rows, t);
 }
 
 template <typename scalar_t>
 void gate_forward(scalar_t* y, const scalar_t* x, const scalar_t* attn, int64_t batch, int64_t channels,
                   int64_t height, int64_t width, int64_t rows, bool channels_last) {
+  const auto taps = taps_per_row<acc_t<scalar_t>>(rows, height);
   if (!channels_last) {
     at::parallel_for(0, batch * channels * height, grain_for(width), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t plane = row / height;
-        const auto a = upsampled(attn + plane * rows, row % height, rows, height);
+        const auto a = upsampled(attn + (row / height) * rows, taps[row % height]);
         scale_run(y + row * width, x + row * width, a, width);
       }
     });
@@ -58,7 +62,7 @@ void gate_forward(scalar_t* y, const scalar_t* x, const scalar_t* attn, int64_t 
   at::parallel_for(0, batch * height, grain_for(width * channels), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<scalar_t>> up(channels);
     for (int64_t bh = begin; bh < end; ++bh) {
-      upsampled_channels(up.data(), attn, bh / height, bh % height, channels, rows, height);
+      upsampled_channels(up.data(), attn + (bh / height) * channels * rows, channels, rows, taps[bh % height]);
       for (int64_t w = 0; w < width; ++w) {
         const int64_t offset = (bh * width + w) * channels;
         mul_run(y + offset, x + offset, up.data(), channels);
@@ -72,6 +76,7 @@ void gate_forward(scalar_t* y, const scalar_t* x, const scalar_t* attn, int64_t 
 template <typename scalar_t>
 void transposed_interpolation(scalar_t* grad_attn, const acc_t<scalar_t>* row_sums, int64_t batch, int64_t channels,
                               int64_t height, int64_t rows, int64_t c_stride, int64_t h_stride) {
+  const auto taps = taps_per_row<acc_t<scalar_t>>(rows, height);
   at::parallel_for(0, batch * channels, grain_for(height), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<scalar_t>> acc(rows);
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -79,10 +84,9 @@ void transposed_interpolation(scalar_t* grad_attn, const acc_t<scalar_t>* row_su
       const acc_t<scalar_t>* sums = row_sums + b * channels * height + c * c_stride;
       std::fill(acc.begin(), acc.end(), acc_t<scalar_t>(0));
       for (int64_t h = 0; h < height; ++h) {
-        const auto taps = linear_taps<acc_t<scalar_t>>(h, rows, height);
         const acc_t<scalar_t> s = sums[h * h_stride];
-        acc[taps.lo] += taps.w_lo * s;
-        acc[taps.hi] += taps.w_hi * s;
+        acc[taps[h].lo] += taps[h].w_lo * s;
+        acc[taps[h].hi] += taps[h].w_hi * s;
       }
       store_run(grad_attn + plane * rows, acc.data(), rows);
     }
@@ -95,11 +99,11 @@ void gate_backward(scalar_t* grad_x, scalar_t* grad_attn, const scalar_t* grad_y
                    bool channels_last) {
   std::vector<acc_t<scalar_t>> row_sums(batch * channels * height);
   acc_t<scalar_t>* sums = row_sums.data();
+  const auto taps = taps_per_row<acc_t<scalar_t>>(rows, height);
   if (!channels_last) {
     at::parallel_for(0, batch * channels * height, grain_for(width), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t plane = row / height;
-        const acc_t<scalar_t> a = kWriteGradX ? upsampled(attn + plane * rows, row % height, rows, height) : 0;
+        const acc_t<scalar_t> a = kWriteGradX ? upsampled(attn + (row / height) * rows, taps[row % height]) : 0;
         sums[row] = gate_backward_run<scalar_t, kWriteGradX>(grad_x + row * width, grad_y + row * width,
                                                              x + row * width, a, width);
       }
@@ -110,7 +114,9 @@ void gate_backward(scalar_t* grad_x, scalar_t* grad_attn, const scalar_t* grad_y
   at::parallel_for(0, batch * height, grain_for(width * channels), [&](int64_t begin, int64_t end) {
     std::vector<acc_t<scalar_t>> up(kWriteGradX ? channels : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
-      if constexpr (kWriteGradX) upsampled_channels(up.data(), attn, bh / height, bh % height, channels, rows, height);
+      if constexpr (kWriteGradX) {
+        upsampled_channels(up.data(), attn + (bh / height) * channels * rows, channels, rows, taps[bh % height]);
+      }
       acc_t<scalar_t>* pixel_sums = sums + bh * channels;  // workspace laid out [B, H, C]
       std::fill(pixel_sums, pixel_sums + channels, acc_t<scalar_t>(0));
       for (int64_t w = 0; w < width; ++w) {

@@ -18,7 +18,7 @@
 #include "../checks.h"
 #include "../layout.h"
 #include "parallel.h"
-#include "vec_runs.h"
+#include "runs.h"
 
 namespace hanet_fast {
 namespace cpu {
