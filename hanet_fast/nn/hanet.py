@@ -178,6 +178,8 @@ class HANet(nn.Module):
                 raise ValueError(
                     f"hanet_fast.nn.HANet: {name} must be a 4-D tensor [B, C, H, W], got shape {tuple(x.shape)}"
                 )
+            if not x.is_floating_point():
+                raise TypeError(f"hanet_fast.nn.HANet: {name} must have a floating-point dtype, got {x.dtype}")
             if x.shape[1] != channels:
                 raise ValueError(
                     f"hanet_fast.nn.HANet: {name} must have {what}={channels} channels, got shape {tuple(x.shape)}"

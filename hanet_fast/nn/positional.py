@@ -21,10 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["POS_ENCODINGS", "sinusoid_table", "coarse_positions", "jitter_positions", "PositionalEncoding1d"]
+__all__ = ["POS_ENCODINGS", "ROW_POS_TOLERANCE", "sinusoid_table", "coarse_positions", "jitter_positions", "PositionalEncoding1d"]
 
 #: The kinds of positional encoding :class:`PositionalEncoding1d` builds.
 POS_ENCODINGS = ("sinusoidal", "learned")
+
+#: Rounding error (in coarse rows) that :func:`coarse_positions` forgives before flooring.
+ROW_POS_TOLERANCE = 1e-3
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -60,11 +63,19 @@ def coarse_positions(row_pos: torch.Tensor | None, rows: int, batch: int, device
 
     Each input row's position is ``floor(row_pos * rows)`` clamped to ``[0, rows - 1]`` (so
     values that round up to 1.0 stay in range), then the ``H_in`` positions are resized to
-    ``rows`` by nearest interpolation, as the official code does.
+    ``rows`` by nearest interpolation (``F.interpolate(mode="nearest")``), as the official code
+    does. The floor allows :data:`ROW_POS_TOLERANCE` coarse rows of rounding error, so that
+    fractions computed in floating point from integer pixel rows, ``(top + r) / H_img``, give
+    exactly the official integer result ``((top + r) * rows) // H_img``.
+
+    Nearest resizing picks input row ``floor(j * H_in / rows)`` for coarse row ``j``; when
+    ``H_in`` is a multiple of ``rows``, a ``row_pos`` of the full image (``arange(H_in) / H_in``)
+    therefore gives position ``j``, the same as ``row_pos=None``; for other ``H_in`` the
+    official rule gives slightly smaller positions for some rows.
     """
     if row_pos is None:
         return torch.arange(rows, device=device).unsqueeze(0).expand(batch, rows)
-    pos = torch.floor(row_pos * rows).clamp(0, rows - 1)
+    pos = torch.floor(row_pos * rows + ROW_POS_TOLERANCE).clamp(0, rows - 1)
     return F.interpolate(pos.float().unsqueeze(1), size=rows, mode="nearest").squeeze(1).long()
 
 
