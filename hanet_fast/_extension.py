@@ -6,14 +6,18 @@ Importing ``_C`` runs the C++ ``TORCH_LIBRARY`` registrations, which define the
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
-try:
-    from hanet_fast import _C  # noqa: F401  (imported for its registrations)
-
-    LOAD_ERROR: str | None = None
-except ImportError as error:  # the package was used from a source tree that was never built
-    LOAD_ERROR = f"the C++ extension hanet_fast._C could not be imported ({error}); reinstall with `pip install -e .`"
+LOAD_ERROR: str | None = None
+if importlib.util.find_spec("hanet_fast._C") is None:  # a source tree that was never built
+    LOAD_ERROR = "the C++ extension hanet_fast._C is not built; install with `pip install -e .`"
+else:
+    try:
+        from hanet_fast import _C  # noqa: F401  (imported for its registrations)
+    except ImportError as error:  # built against another torch, or a missing library
+        LOAD_ERROR = f"the C++ extension hanet_fast._C failed to load ({error}); rebuild with `pip install -e .`"
 
 
 def is_loaded() -> bool:

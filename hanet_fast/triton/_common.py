@@ -1,0 +1,108 @@
+"""Shared pieces of the Triton kernels: the index math of kernels/index_math.h written in
+Triton, accumulator types, and how launch settings are chosen.
+
+Index math (the same formulas as ATen, so bins and taps equal the reference's):
+
+* adaptive bin ``i`` of ``bins`` over ``size`` rows spans ``[floor(i*size/bins),
+  ceil((i+1)*size/bins))``; the bins containing row ``h`` are ``i`` in
+  ``[floor(h*bins/size), ceil((h+1)*bins/size) - 1]``;
+* linear interpolation taps (``align_corners=False``) of output row ``dst`` when resizing
+  ``in_size`` rows to ``out_size``: ``scale = in/out``, ``src = max(scale*(dst+0.5)-0.5, 0)``,
+  ``lo = min(int(src), in-1)``, ``lambda = clamp(src-lo, 0, 1)``, ``hi = lo+1 if lo < in-1
+  else lo``, weights ``(1-lambda, lambda)``; computed in the accumulator type (float32, or
+  float64 for float64 tensors) with an IEEE-rounded division.
+
+Launch settings: kernels whose results do not depend on the tiling (every output element
+is computed the same way whatever the block sizes: the gate forward and the pooling
+backward) are autotuned on the GPU, keyed on the shape. Kernels that reduce (the pooling
+forward and the gate backward) sum in an order that depends on block sizes and warps, so
+they take their settings from a fixed rule of the shape: autotuning them would let timing
+noise change the last bits between processes, and DESIGN §1 asks for bitwise-identical
+results on every run. Under ``TRITON_INTERPRET=1`` every kernel runs one small fixed
+configuration (small blocks, so that the tiny test shapes still cross block edges).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # the knob triton.jit itself reads when the kernels below are defined
+    from triton import knobs as _knobs
+
+    INTERPRETED: bool = bool(_knobs.runtime.interpret)
+except (ImportError, AttributeError):  # older triton
+    import os
+
+    INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
+
+# Programs a reduction kernel should launch at least to fill a GPU (132 SMs on an H100).
+TARGET_PROGRAMS = 1024
+
+_ACCUMULATES_IN_FLOAT64 = {torch.float64}
+
+
+def is_fp64(t: torch.Tensor) -> bool:
+    """True when a kernel reading ``t`` accumulates in float64 rather than float32."""
+    return t.dtype in _ACCUMULATES_IN_FLOAT64
+
+
+def pow2(n: int, cap: int) -> int:
+    """The next power of two of ``n`` (at least 1), at most ``cap``."""
+    return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """Element strides of a 4-D tensor (a stride-0, expanded gradient is read correctly)."""
+    s = t.stride()
+    return s[0], s[1], s[2], s[3]
+
+
+def strides3(t: torch.Tensor) -> tuple[int, int, int]:
+    s = t.stride()
+    return s[0], s[1], s[2]
+
+
+# ----------------------------------------------------------------------------- index math
+@triton.jit
+def divide(a, b, IS_FP64: tl.constexpr):
+    """a / b rounded as IEEE division (Triton's plain fp32 `/` is approximate on NVIDIA GPUs)."""
+    if IS_FP64:
+        return a / b
+    else:
+        return tl.math.div_rn(a, b)
+
+
+@triton.jit
+def bin_start(i, bins, size):
+    """First row of adaptive bin i (i < bins, int64)."""
+    return (i * size) // bins
+
+
+@triton.jit
+def bin_end(i, bins, size):
+    """One past the last row of adaptive bin i (i < bins, int64)."""
+    return 1 + ((i + 1) * size - 1) // bins
+
+
+@triton.jit
+def first_bin_of_row(h, bins, size):
+    """The lowest adaptive bin that contains row h (int64)."""
+    return (h * bins) // size
+
+
+@triton.jit
+def linear_taps(dst, in_size, out_size, IS_FP64: tl.constexpr):
+    """(lo, hi, w_lo, w_hi) of output rows `dst` (int64 tensor) resized from in_size rows."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    in_f = tl.full([1], 0, ACC) + in_size
+    out_f = tl.full([1], 0, ACC) + out_size
+    scale = divide(in_f, out_f, IS_FP64)
+    src = scale * (dst.to(ACC) + 0.5) - 0.5
+    src = tl.maximum(src, 0.0)
+    lo = tl.minimum(src.to(tl.int64), in_size - 1)  # src >= 0: truncation is floor
+    lam = src - lo.to(ACC)
+    lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
+    hi = tl.where(lo < in_size - 1, lo + 1, lo)
+    return lo, hi, 1.0 - lam, lam

@@ -1,0 +1,369 @@
+"""height_pool in Triton (DESIGN §1): ``x [B, C, H, W] -> [B, C, R]`` by adaptive average or
+max pooling over (rows of a bin) x (all columns), forward and backward.
+
+Ops (same schemas as csrc/hanet_ops.cpp, registered with ``torch.library.triton_op``):
+``hanet_fast::height_pool_avg_triton``, ``height_pool_avg_backward_triton``,
+``height_pool_max_triton``, ``height_pool_max_backward_triton``.
+
+Kernels take element strides, so NCHW, channels_last, any other strides and stride-0
+(expanded) gradients are read in place, without copies. Outputs follow
+:mod:`hanet_fast.ops.layout`.
+
+* forward (one kernel per mode): a program owns ``BLOCK_C`` channels of one batch and
+  ``BLOCK_R`` consecutive bins; it walks the rows those bins cover once, reduces each row
+  over the width in ``[BLOCK_C, BLOCK_W]`` tiles, and adds the row's result to every bin
+  of its block that contains the row. x is read once (a row shared by two bins of
+  different programs, when ``H % R != 0``, is read by both). Max keeps, per row and per
+  bin, the PyTorch rule: a later value wins if larger or NaN, so NaN propagates and ties
+  keep the first position; the argmax is the flat index ``h * W + w``.
+* backward (one kernel per mode): every element of ``grad_x`` is written once, gathered
+  from the bins that contain its row (avg: ``grad_z / (rows_i * W)``; max: ``grad_z`` of
+  the bins whose argmax it is, in bin order): no atomics, no zero fill.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from hanet_fast.ops import _validate
+from hanet_fast.ops.layout import is_channels_last
+from hanet_fast.triton._common import (
+    INTERPRETED,
+    TARGET_PROGRAMS,
+    bin_end,
+    bin_start,
+    divide,
+    first_bin_of_row,
+    is_fp64,
+    pow2,
+    strides3,
+    strides4,
+)
+
+
+# ============================================================================= forward
+@triton.jit
+def _pool_program(pid, C, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    """(b, channels, bins, channel mask, bin mask) of program pid (all int64)."""
+    n_rb = tl.cdiv(R, BLOCK_R)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    rb = pid % n_rb
+    cb = (pid // n_rb) % n_cb
+    b = pid // (n_rb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    rs = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    return b, cs, rs, cs < C, rs < R
+
+
+@triton.jit
+def _pool_avg_kernel(
+    x_ptr, out_ptr,
+    C, H, W, R,
+    sxb, sxc, sxh, sxw,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    b, cs, rs, c_mask, r_mask = _pool_program(pid, C, R, BLOCK_C, BLOCK_R)
+    starts = bin_start(rs, R, H)
+    ends = bin_end(rs, R, H)
+    r_first = (pid % tl.cdiv(R, BLOCK_R)) * BLOCK_R
+    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
+    h_lo = bin_start(r_first, R, H)
+    h_hi = bin_end(r_last, R, H)
+
+    row_base = x_ptr + b * sxb + cs[:, None] * sxc  # [BLOCK_C, 1]
+    w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
+    acc = tl.zeros([BLOCK_C, BLOCK_R], dtype=ACC)
+    for h in range(h_lo, h_hi):
+        tile = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
+        for w0 in range(0, W, BLOCK_W):
+            ws = w0 + w_offsets
+            mask = c_mask[:, None] & (ws < W)[None, :]
+            tile += tl.load(row_base + h * sxh + ws[None, :] * sxw, mask=mask, other=0.0).to(ACC)
+        row = tl.sum(tile, axis=1)  # [BLOCK_C]
+        in_bin = (starts <= h) & (h < ends)  # [BLOCK_R]
+        acc += tl.where(in_bin[None, :], row[:, None], 0.0)
+
+    count = ((ends - starts) * W).to(ACC)
+    count = tl.where(r_mask, count, 1.0)
+    mean = divide(acc, count[None, :] + tl.zeros([BLOCK_C, BLOCK_R], dtype=ACC), IS_FP64)
+    out_offsets = (b * C + cs[:, None]) * R + rs[None, :]
+    tl.store(out_ptr + out_offsets, mean.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & r_mask[None, :])
+
+
+@triton.jit
+def _pool_max_kernel(
+    x_ptr, out_ptr, idx_ptr,
+    C, H, W, R,
+    sxb, sxc, sxh, sxw,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    b, cs, rs, c_mask, r_mask = _pool_program(pid, C, R, BLOCK_C, BLOCK_R)
+    starts = bin_start(rs, R, H)
+    ends = bin_end(rs, R, H)
+    r_first = (pid % tl.cdiv(R, BLOCK_R)) * BLOCK_R
+    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
+    h_lo = bin_start(r_first, R, H)
+    h_hi = bin_end(r_last, R, H)
+
+    row_base = x_ptr + b * sxb + cs[:, None] * sxc
+    w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
+    best = tl.full([BLOCK_C, BLOCK_R], float("-inf"), ACC)
+    best_idx = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.int64) + (starts * W)[None, :]
+    for h in range(h_lo, h_hi):
+        # The row's maximum and its first position (or its last NaN), chunk by chunk.
+        row_best = tl.full([BLOCK_C], float("-inf"), ACC)
+        row_arg = tl.zeros([BLOCK_C], dtype=tl.int64)
+        for w0 in range(0, W, BLOCK_W):
+            ws = (w0 + w_offsets)[None, :]  # [1, BLOCK_W]
+            mask = c_mask[:, None] & (ws < W)
+            v = tl.load(row_base + h * sxh + ws * sxw, mask=mask, other=0.0).to(ACC)
+            nan = (v != v) & mask
+            has_nan = tl.max(nan.to(tl.int32), axis=1) > 0
+            last_nan = tl.max(tl.where(nan, ws, -1), axis=1)
+            finite = tl.where(mask & (v == v), v, float("-inf"))
+            chunk_max = tl.max(finite, axis=1)
+            first_max = tl.min(tl.where(mask & (finite == chunk_max[:, None]), ws, W), axis=1)
+            value = tl.where(has_nan, float("nan"), chunk_max)
+            arg = tl.where(has_nan, last_nan, first_max)
+            take = (value > row_best) | (value != value)
+            row_best = tl.where(take, value, row_best)
+            row_arg = tl.where(take, arg, row_arg)
+        in_bin = (starts <= h) & (h < ends)
+        take = in_bin[None, :] & ((row_best[:, None] > best) | (row_best != row_best)[:, None])
+        best = tl.where(take, row_best[:, None], best)
+        best_idx = tl.where(take, h * W + row_arg[:, None], best_idx)
+
+    out_offsets = (b * C + cs[:, None]) * R + rs[None, :]
+    mask = c_mask[:, None] & r_mask[None, :]
+    tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(idx_ptr + out_offsets, best_idx, mask=mask)
+
+
+def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool) -> dict:
+    """Launch settings of the forward kernels: a fixed rule of the shape (they reduce)."""
+    if INTERPRETED:
+        return dict(BLOCK_C=4, BLOCK_W=8, BLOCK_R=pow2(R, 8), num_warps=1)
+    if channels_last:  # channels are contiguous: wide in C, a few columns at a time
+        block_c = pow2(C, 128)
+        block_w = pow2(W, max(1, 1024 // block_c))
+    else:  # columns are contiguous: wide in W, a few channels (rows of x) at a time
+        block_w = pow2(W, 256)
+        block_c = pow2(C, max(1, 1024 // block_w))
+    # Bins per program: all of them (x read exactly once) unless that leaves too few programs.
+    block_r = pow2(R, 32)
+    while block_r > 1 and B * triton.cdiv(C, block_c) * triton.cdiv(R, block_r) < TARGET_PROGRAMS:
+        block_r //= 2
+    return dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_R=block_r, num_warps=4 if block_c * block_w <= 1024 else 8)
+
+
+def _forward_grid(B, C, R, cfg):
+    return (B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(R, cfg["BLOCK_R"]),)
+
+
+@triton_op("hanet_fast::height_pool_avg_triton", mutates_args=(), schema="(Tensor x, int rows) -> Tensor")
+def height_pool_avg_triton(x: torch.Tensor, rows: int) -> torch.Tensor:
+    _validate.check_height_pool(x, rows)
+    B, C, H, W = x.shape
+    out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x))
+    wrap_triton(_pool_avg_kernel)[_forward_grid(B, C, rows, cfg)](
+        x, out, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
+    )
+    return out
+
+
+@triton_op(
+    "hanet_fast::height_pool_max_triton", mutates_args=(), schema="(Tensor x, int rows) -> (Tensor, Tensor)"
+)
+def height_pool_max_triton(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    _validate.check_height_pool(x, rows)
+    B, C, H, W = x.shape
+    out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
+    indices = torch.empty((B, C, rows), dtype=torch.int64, device=x.device)
+    if out.numel() == 0:
+        return out, indices
+    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x))
+    wrap_triton(_pool_max_kernel)[_forward_grid(B, C, rows, cfg)](
+        x, out, indices, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
+    )
+    return out, indices
+
+
+# ============================================================================= backward
+@triton.jit
+def _pool_backward_kernel(
+    gx_ptr, g_ptr, idx_ptr,
+    C, H, W, R, MAX_BINS_PER_ROW,
+    sgb, sgc, sgr,
+    sib, sic, sir,
+    sxb, sxc, sxh, sxw,
+    IS_MAX: tl.constexpr, IS_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """grad_x over a [BLOCK_C, BLOCK_H, BLOCK_W] tile, gathered from the bins of its rows."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    n_wb = tl.cdiv(W, BLOCK_W)
+    n_hb = tl.cdiv(H, BLOCK_H)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    wb = pid % n_wb
+    hb = (pid // n_wb) % n_hb
+    cb = (pid // (n_wb * n_hb)) % n_cb
+    b = pid // (n_wb * n_hb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ws = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    c_mask = cs < C
+    h_mask = hs < H
+    ch_mask = c_mask[:, None] & h_mask[None, :]  # [BLOCK_C, BLOCK_H]
+    mask = ch_mask[:, :, None] & (ws < W)[None, None, :]
+
+    first = first_bin_of_row(hs, R, H)  # [BLOCK_H]
+    if IS_MAX:
+        flat = (hs * W)[None, :, None] + ws[None, None, :]  # [1, BLOCK_H, BLOCK_W]
+        acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    else:
+        acc = tl.zeros([BLOCK_C, BLOCK_H], dtype=ACC)
+    for k in range(0, MAX_BINS_PER_ROW):  # the bins containing each row, in order
+        i = first + k
+        valid = (i < R) & (bin_start(i, R, H) <= hs) & (hs < bin_end(i, R, H))
+        load_mask = ch_mask & valid[None, :]
+        g = tl.load(g_ptr + b * sgb + cs[:, None] * sgc + i[None, :] * sgr, mask=load_mask, other=0.0).to(ACC)
+        if IS_MAX:
+            arg = tl.load(idx_ptr + b * sib + cs[:, None] * sic + i[None, :] * sir, mask=load_mask, other=-1)
+            hit = (arg[:, :, None] == flat) & load_mask[:, :, None]
+            acc += tl.where(hit, g[:, :, None], 0.0)
+        else:
+            count = ((bin_end(i, R, H) - bin_start(i, R, H)) * W).to(ACC)
+            count = tl.where(valid, count, 1.0)
+            share = divide(g, count[None, :] + tl.zeros([BLOCK_C, BLOCK_H], dtype=ACC), IS_FP64)
+            acc += tl.where(load_mask, share, 0.0)
+    if IS_MAX:
+        value = acc
+    else:
+        value = acc[:, :, None] + tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    offsets = b * sxb + cs[:, None, None] * sxc + hs[None, :, None] * sxh + ws[None, None, :] * sxw
+    tl.store(gx_ptr + offsets, value.to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+# Writing grad_x does not reduce, so any tiling gives the same bits: autotuned on the GPU.
+_BACKWARD_KEY = ["C", "H", "W", "R"]
+if INTERPRETED:
+    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=2, BLOCK_H=4, BLOCK_W=4), num_warps=1)]
+else:
+    _NCHW_CONFIGS = [  # W contiguous
+        triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
+        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
+    ]
+    _NHWC_CONFIGS = [  # C contiguous
+        triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
+        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
+    ]
+_pool_backward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+_pool_backward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+
+
+def _check_pool_grad(grad_out: torch.Tensor, height: int, width: int) -> None:
+    if grad_out.dim() != 3:
+        raise ValueError(
+            f"hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got {grad_out.dim()}-D "
+            f"with shape {tuple(grad_out.shape)}"
+        )
+    if not grad_out.is_floating_point():
+        raise TypeError(f"hanet_fast: grad_out must have a floating-point dtype, got {grad_out.dtype}")
+    if height < 1 or width < 1:
+        raise ValueError(f"hanet_fast: height and width must be >= 1, got {height} and {width}")
+
+
+def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> torch.Tensor:
+    B, C, R = grad_out.shape
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_x = torch.empty((B, C, height, width), dtype=grad_out.dtype, device=grad_out.device, memory_format=fmt)
+    if grad_x.numel() == 0:
+        return grad_x
+    is_max = indices is not None
+    index_source = indices if is_max else grad_out  # not read by the avg kernel
+    kernel = _pool_backward_nhwc if channels_last else _pool_backward_nchw
+
+    def grid(meta):
+        return (
+            B
+            * triton.cdiv(C, meta["BLOCK_C"])
+            * triton.cdiv(height, meta["BLOCK_H"])
+            * triton.cdiv(width, meta["BLOCK_W"]),
+        )
+
+    wrap_triton(kernel)[grid](
+        grad_x, grad_out, index_source,
+        C, height, width, R, (R + height - 1) // height + 1,
+        *strides3(grad_out), *strides3(index_source), *strides4(grad_x),
+        IS_MAX=is_max, IS_FP64=is_fp64(grad_out),
+    )
+    return grad_x
+
+
+@triton_op(
+    "hanet_fast::height_pool_avg_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_out, SymInt height, SymInt width, bool channels_last) -> Tensor",
+)
+def height_pool_avg_backward_triton(grad_out: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    _check_pool_grad(grad_out, height, width)
+    return _pool_backward(grad_out, None, height, width, channels_last)
+
+
+@triton_op(
+    "hanet_fast::height_pool_max_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_out, Tensor indices, SymInt height, SymInt width, bool channels_last) -> Tensor",
+)
+def height_pool_max_backward_triton(
+    grad_out: torch.Tensor, indices: torch.Tensor, height: int, width: int, channels_last: bool
+) -> torch.Tensor:
+    _check_pool_grad(grad_out, height, width)
+    if indices.shape != grad_out.shape or indices.dtype != torch.int64:
+        raise ValueError(
+            f"hanet_fast: indices must be an int64 tensor shaped like grad_out {tuple(grad_out.shape)}, "
+            f"got {indices.dtype} {tuple(indices.shape)}"
+        )
+    if indices.device != grad_out.device:
+        raise ValueError(
+            f"hanet_fast: indices is on {indices.device} but grad_out is on {grad_out.device}; "
+            "they must be on one device"
+        )
+    return _pool_backward(grad_out, indices, height, width, channels_last)
+
+
+# ============================================================================= autograd
+def _setup_context(ctx, inputs, output) -> None:
+    x, _rows = inputs
+    ctx.height, ctx.width = x.shape[2], x.shape[3]
+    ctx.channels_last = is_channels_last(x)
+    if isinstance(output, tuple):  # max pooling saves its argmax
+        ctx.save_for_backward(output[1])
+
+
+def _avg_backward(ctx, grad_out):
+    grad_x = torch.ops.hanet_fast.height_pool_avg_backward_triton(grad_out, ctx.height, ctx.width, ctx.channels_last)
+    return grad_x, None
+
+
+def _max_backward(ctx, grad_values, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    grad_x = torch.ops.hanet_fast.height_pool_max_backward_triton(
+        grad_values, indices, ctx.height, ctx.width, ctx.channels_last
+    )
+    return grad_x, None
+
+
+height_pool_avg_triton.register_autograd(_avg_backward, setup_context=_setup_context)
+height_pool_max_triton.register_autograd(_max_backward, setup_context=_setup_context)

@@ -1,0 +1,434 @@
+"""Tests of the HANet module (hanet_fast.nn, DESIGN §3) and its positional encoding."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hanet_fast.ops
+from hanet_fast.nn import HANet, PositionalEncoding1d, coarse_positions, sinusoid_table
+
+BACKENDS = [b for b, why in hanet_fast.ops.available_backends().items() if why is None and b in ("reference", "cpu")]
+
+# (H_low, H_high, rows): H_low != H_high, rows larger than H, rows smaller than H, H % rows != 0.
+SHAPES = [(13, 26, 16), (20, 9, 8)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The shapes here are tiny: one thread is fastest, and immune to other processes' load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_fallback_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="hanet_fast: no fused backend")
+        yield
+
+
+# ----------------------------------------------------------------------------- helpers
+def official_table(n_position: int, d_hid: int) -> np.ndarray:
+    """The official get_sinusoid_encoding_table (network/PosEmbedding.py) + 1, written out in numpy."""
+    cycle = 10 if d_hid > 50 else 100
+    table = np.array(
+        [[pos / np.power(cycle, 2 * (j // 2) / d_hid) for j in range(d_hid)] for pos in range(n_position)]
+    )
+    table[:, 0::2] = np.sin(table[:, 0::2])
+    table[:, 1::2] = np.cos(table[:, 1::2])
+    return (table + 1).astype(np.float32)
+
+
+def make_module(*, seed: int = 0, dtype=torch.float64, in_channels=40, out_channels=6, rows=16, **kwargs) -> HANet:
+    """A HANet with random BN statistics and learned table, so every part of it matters."""
+    torch.manual_seed(seed)
+    m = HANet(in_channels, out_channels, rows=rows, reduction=8, **kwargs)
+    with torch.no_grad():
+        for bn in (mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm1d)):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+        if m.pos_encoding is not None and m.pos_encoding.kind == "learned":
+            m.pos_encoding.weight.normal_()
+    return m.to(dtype)
+
+
+def make_inputs(h_low: int, h_high: int, *, batch=2, in_channels=40, out_channels=6, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x_low = torch.randn(batch, in_channels, h_low, 7, generator=g, dtype=dtype)
+    x_high = torch.randn(batch, out_channels, h_high, 5, generator=g, dtype=dtype)
+    return x_low, x_high
+
+
+def crop_row_pos(batch: int, h: int, top: float = 0.5, height: float = 0.45) -> torch.Tensor:
+    """Rows of a crop spanning [top, top + height) of the full image height."""
+    return (top + torch.arange(h, dtype=torch.float64) * height / h).expand(batch, h).contiguous()
+
+
+def oracle(m: HANet, x_low, x_high, row_pos=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The HANet pipeline written out with stock PyTorch ops, using m's parameters (no dropout, no jitter)."""
+    R = m.rows
+    pool = F.adaptive_avg_pool2d if m.pooling == "avg" else F.adaptive_max_pool2d
+    z = pool(x_low, (R, 1)).squeeze(-1)
+
+    def add_pos(t):
+        if m.pos_encoding is None:
+            return t
+        B = t.shape[0]
+        if row_pos is None:
+            pos = torch.arange(R).expand(B, R)
+        else:
+            p = torch.floor(row_pos * R + 1e-3).clamp(0, R - 1)
+            pos = F.interpolate(p.float()[:, None], size=R, mode="nearest").long()[:, 0]
+        return t + m.pos_encoding.weight[pos].transpose(1, 2).to(t.dtype)
+
+    def conv_bn_relu(seq, t):
+        conv, bn = seq[0], seq[1]
+        t = F.conv1d(t, conv.weight, conv.bias, padding=conv.padding)
+        t = F.batch_norm(t, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias, m.training, 0.1, bn.eps)
+        return F.relu(t)
+
+    if m.pos_injection == 1:
+        z = add_pos(z)
+    q = conv_bn_relu(m.conv1, z)
+    if m.pos_injection == 2:
+        q = add_pos(q)
+    if m.num_convs == 3:
+        q = conv_bn_relu(m.conv2, q)
+        last = m.conv3[0]
+    else:
+        last = m.conv2[0]
+    attn = torch.sigmoid(F.conv1d(q, last.weight, last.bias, padding=last.padding))
+    up = F.interpolate(attn, size=x_high.shape[2], mode="linear", align_corners=False)
+    return x_high * up[..., None], attn
+
+
+def run_with_grads(fn, m, x_low, x_high, row_pos=None):
+    """Output, attention and gradients (x_low, x_high, then every parameter) of a fixed random loss."""
+    x_low = x_low.detach().clone().requires_grad_(True)
+    x_high = x_high.detach().clone().requires_grad_(True)
+    m.zero_grad(set_to_none=True)
+    out, attn = fn(m, x_low, x_high, row_pos)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    ((out * weights).sum() + attn.sum()).backward()
+    grads = [x_low.grad, x_high.grad] + [p.grad for p in m.parameters()]
+    return out.detach(), attn.detach(), grads
+
+
+def module_call(m, x_low, x_high, row_pos):
+    return m(x_low, x_high, row_pos, return_attention=True)
+
+
+def assert_all_close(a, b, **tol):
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert (u is None) == (v is None), f"gradient {i}: one is None"
+        if u is not None:
+            torch.testing.assert_close(u, v, msg=lambda s, i=i: f"tensor {i}: {s}", **tol)
+
+
+# ----------------------------------------------------------------------------- shapes and formats
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_shape_dtype_format(backend, channels_last):
+    m = HANet(32, 12, rows=16, backend=backend).eval()
+    x_low = torch.randn(2, 32, 13, 9)
+    x_high = torch.randn(2, 12, 26, 11)
+    if channels_last:
+        x_high = x_high.contiguous(memory_format=torch.channels_last)
+    out = m(x_low, x_high)
+    assert out.shape == x_high.shape and out.dtype == x_high.dtype
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=fmt)
+    out2, attn = m(x_low, x_high, return_attention=True)
+    assert attn.shape == (2, 12, 16) and attn.dtype == torch.float32
+    assert bool(((attn > 0) & (attn < 1)).all())
+    torch.testing.assert_close(out2, out, rtol=0, atol=0)
+    torch.testing.assert_close(out, x_high * F.interpolate(attn, size=26, mode="linear")[..., None])
+
+
+def test_architecture_and_state_dict():
+    m = HANet(64, 10, rows=16, reduction=32, kernel_size=5, num_convs=3)
+    assert m.conv1[0].weight.shape == (2, 64, 1) and m.conv1[0].bias is None
+    assert m.conv2[0].weight.shape == (4, 2, 3) and m.conv2[0].bias is not None
+    assert m.conv3[0].weight.shape == (10, 4, 5) and m.conv3[0].padding == (2,)
+    assert isinstance(m.dropout, torch.nn.Dropout1d) and m.dropout.p == 0.1
+    assert m.pos_encoding.weight.shape == (17, 2) and not m.pos_encoding.weight.requires_grad
+    assert "pos_encoding.weight" in m.state_dict() and "pos_encoding.weight" in dict(m.named_buffers())
+    m2 = HANet(65, 10, num_convs=2, dropout=0.0, pos_encoding="learned", pos_injection=1)
+    assert m2.conv1[0].weight.shape == (3, 65, 1)  # ceil(65 / 32)
+    assert m2.conv2[0].weight.shape == (10, 3, 3) and m2.conv3 is None and m2.dropout is None
+    assert "pos_encoding.weight" in dict(m2.named_parameters()) and m2.pos_encoding.weight.shape == (17, 65)
+    assert bool((m2.pos_encoding.weight == 0).all())  # official zero init
+    assert HANet(8, 4, pos_encoding=None).pos_encoding is None
+
+
+# ----------------------------------------------------------------------------- against the written-out pipeline
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("num_convs", [2, 3])
+@pytest.mark.parametrize(
+    "pos_encoding,pos_injection,use_row_pos",
+    [("sinusoidal", 2, False), ("sinusoidal", 1, True), ("learned", 2, True), ("learned", 1, False), (None, 2, True)],
+)
+@pytest.mark.parametrize("train", [False, True])
+def test_matches_written_out_pipeline(backend, shape, pooling, num_convs, pos_encoding, pos_injection, use_row_pos, train):
+    """Outputs and all gradients equal the stock-PyTorch pipeline (dropout and jitter off; train mode = batch BN)."""
+    h_low, h_high, rows = shape
+    m = make_module(
+        rows=rows, pooling=pooling, num_convs=num_convs, pos_encoding=pos_encoding, pos_injection=pos_injection,
+        dropout=0.0, pos_noise=0.0, backend=backend,
+    ).train(train)
+    x_low, x_high = make_inputs(h_low, h_high)
+    row_pos = crop_row_pos(2, h_low) if use_row_pos else None
+    got = run_with_grads(module_call, m, x_low, x_high, row_pos)
+    want = run_with_grads(oracle, m, x_low, x_high, row_pos)
+    assert_all_close(got[:2], want[:2])
+    assert_all_close(got[2], want[2])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.parametrize("num_convs", [2, 3])
+@pytest.mark.parametrize("pos_encoding,pos_injection", [("sinusoidal", 2), ("sinusoidal", 1), ("learned", 2), (None, 1)])
+@pytest.mark.parametrize("train", [False, True])
+def test_backends_agree(shape, pooling, num_convs, pos_encoding, pos_injection, train):
+    """Every available backend gives the reference backend's outputs and gradients, dropout and jitter
+    included (same seed). With only the reference backend this checks that a seed reproduces a run."""
+    h_low, h_high, rows = shape
+    x_low, x_high = make_inputs(h_low, h_high, dtype=torch.float32)
+    row_pos = crop_row_pos(2, h_low, top=0.3).float()
+    results = {}
+    for backend in ["reference"] + BACKENDS:
+        m = make_module(
+            rows=rows, pooling=pooling, num_convs=num_convs, pos_encoding=pos_encoding, pos_injection=pos_injection,
+            dropout=0.3, pos_noise=1.0, backend=backend, dtype=torch.float32,
+        ).train(train)
+        torch.manual_seed(1234)
+        results.setdefault(backend, []).append(run_with_grads(module_call, m, x_low, x_high, row_pos))
+    ref = results.pop("reference")
+    assert_all_close(ref[0][:2], ref[1][:2], rtol=0, atol=0)
+    assert_all_close(ref[0][2], ref[1][2], rtol=0, atol=0)
+    for backend, (res,) in results.items():
+        assert_all_close(res[:2], ref[0][:2], rtol=1e-5, atol=1e-6)
+        assert_all_close(res[2], ref[0][2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_backends_agree_channels_last_and_sum_loss(pooling):
+    """channels_last inputs and the stride-0 gradient of out.sum(): same results, gradients keep the format."""
+    results = {}
+    for backend in BACKENDS:
+        m = make_module(pooling=pooling, backend=backend, dtype=torch.float32).train()
+        x_low, x_high = (t.contiguous(memory_format=torch.channels_last) for t in make_inputs(13, 26, dtype=torch.float32))
+        x_low.requires_grad_(True)
+        x_high.requires_grad_(True)
+        torch.manual_seed(7)
+        out = m(x_low, x_high, crop_row_pos(2, 13).float())
+        out.sum().backward()
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        for g in (x_low.grad, x_high.grad):
+            assert g.is_contiguous(memory_format=torch.channels_last)
+        results[backend] = [out.detach(), x_low.grad, x_high.grad] + [p.grad for p in m.parameters()]
+    for backend, res in results.items():
+        assert_all_close(res, results["reference"], rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_is_channelwise_and_train_only():
+    m = make_module(dropout=0.5, pos_noise=0.0, dtype=torch.float32)
+    x_low, x_high = make_inputs(13, 13, dtype=torch.float32)
+    m.eval()
+    a = m(x_low, x_high)
+    torch.testing.assert_close(m(x_low, x_high), a, rtol=0, atol=0)
+    m.train()
+    z = torch.randn(4, 40, 16)
+    dropped = m.dropout(z)
+    zeroed = (dropped == 0).all(dim=2)  # whole channels are dropped
+    assert bool(((dropped == 0) == zeroed[..., None]).all()) and 0 < int(zeroed.sum()) < zeroed.numel()
+
+
+# ----------------------------------------------------------------------------- positional encoding
+@pytest.mark.parametrize("n,dim", [(17, 2), (17, 8), (17, 50), (17, 51), (33, 80), (9, 7), (17, 1280)])
+def test_sinusoid_table_matches_official_formula(n, dim):
+    table = sinusoid_table(n, dim)
+    assert table.dtype == torch.float32 and table.shape == (n, dim)
+    np.testing.assert_allclose(table.numpy(), official_table(n, dim), rtol=0, atol=1e-6)
+    m = PositionalEncoding1d(n - 1, dim)
+    torch.testing.assert_close(m.weight, table, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_positions_without_row_pos_and_full_image_row_pos_agree(dtype):
+    # the official nearest resize maps coarse row j to input row floor(j * H / rows): H a multiple of rows
+    for h, rows in [(32, 16), (16, 16), (48, 16), (66, 22), (36, 12), (8, 4), (128, 16), (1000, 125)]:
+        full = (torch.arange(h, dtype=dtype) / h).expand(3, h)
+        pos = coarse_positions(full, rows, 3)
+        assert torch.equal(pos, torch.arange(rows).expand(3, rows)), (h, rows)
+        assert torch.equal(coarse_positions(None, rows, 3), pos)
+    for rows, k in [(16, 4), (16, 6)]:
+        m = make_module(rows=rows, pos_encoding="sinusoidal", pos_injection=2, dtype=dtype).eval()
+        x_low, x_high = make_inputs(rows * k, 11, dtype=dtype)
+        full = (torch.arange(rows * k, dtype=dtype) / (rows * k)).expand(2, rows * k)
+        torch.testing.assert_close(m(x_low, x_high, full), m(x_low, x_high), rtol=0, atol=0)
+        # a crop elsewhere gives other positions, hence another attention
+        assert not torch.equal(m(x_low, x_high, crop_row_pos(2, rows * k).to(dtype)), m(x_low, x_high))
+
+
+def test_positions_of_integer_pixel_rows_match_official_integer_math():
+    """Fractions (top + r) / H_img in float32 give the official ((top + r) * rows) // H_img."""
+    for rows, h, top, h_img in [(16, 96, 37, 1024), (22, 66, 5, 198), (12, 40, 0, 120), (16, 13, 300, 1024)]:
+        rr = torch.arange(h)
+        row_pos = ((top + rr).float() / h_img).expand(2, h)
+        want = F.interpolate((((top + rr) * rows) // h_img).float()[None, None], size=rows, mode="nearest")
+        assert torch.equal(coarse_positions(row_pos, rows, 2), want.long()[0].expand(2, rows))
+
+
+def test_bottom_half_crop_positions():
+    rows = 16
+    for h in (5, 13, 16, 40):
+        row_pos = crop_row_pos(2, h, top=0.5, height=0.5)
+        pos = coarse_positions(row_pos, rows, 2)
+        assert pos.shape == (2, rows) and pos.dtype == torch.int64
+        assert int(pos.min()) >= rows // 2 and int(pos.max()) <= rows - 1
+        assert bool((pos[:, 1:] >= pos[:, :-1]).all())  # monotone
+    # fractions that round up to 1.0 stay in the table's last regular row
+    assert int(coarse_positions(torch.full((1, 4), 0.99999999), rows, 1).max()) == rows - 1
+
+
+def test_position_jitter_training_only_bounded_and_seeded():
+    rows = 16
+    pe = PositionalEncoding1d(rows, 4, noise=0.5)
+    base = torch.arange(rows).expand(4096, rows)
+    pe.eval()
+    assert torch.equal(pe.positions(4096), base)
+    pe.train()
+    torch.manual_seed(0)
+    pos = pe.positions(4096)
+    torch.manual_seed(0)
+    assert torch.equal(pe.positions(4096), pos)  # torch RNG
+    assert not torch.equal(pe.positions(4096), pos)
+    assert int(pos.min()) == 0 and int(pos.max()) == rows  # clamped to [0, rows], and rows is reached
+    shift = (pos - base)[:, 2:-2]  # rows unaffected by the clamp to [0, rows]
+    assert {-2, -1, 0, 1} <= set(shift.unique().tolist()) <= {-2, -1, 0, 1, 2}
+    # floor(N(0, 0.5)): P(-1) = P(0) ~ 0.477, P(+-2 after the clamp) ~ 0.023
+    frac = {k: float((shift == k).float().mean()) for k in (-2, -1, 0, 1, 2)}
+    assert abs(frac[0] - 0.477) < 0.02 and abs(frac[-1] - 0.477) < 0.02 and frac[2] < 0.01
+    # a big noise is clamped to +-2
+    wide = PositionalEncoding1d(rows, 4, noise=100.0).train().positions(4096)
+    assert int((wide - base).abs().max()) == 2 and int(wide.min()) == 0 and int(wide.max()) == rows
+    # training jitter changes the module output, eval mode is deterministic
+    m = make_module(dropout=0.0, pos_noise=1.0, pos_encoding="sinusoidal").train()
+    x_low, x_high = make_inputs(13, 13)
+    torch.manual_seed(3)
+    y1 = m(x_low, x_high)
+    torch.manual_seed(3)
+    torch.testing.assert_close(m(x_low, x_high), y1, rtol=0, atol=0)
+    assert not torch.equal(m(x_low, x_high), y1)
+    m.eval()
+    torch.testing.assert_close(m(x_low, x_high), m(x_low, x_high), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- torch.compile, autocast
+def _compile(m, **kwargs):
+    torch._dynamo.reset()
+    return torch.compile(m, fullgraph=True, **kwargs)
+
+
+def test_compile_matches_eager():
+    m = make_module(in_channels=16, out_channels=8, rows=8, dtype=torch.float32).eval()
+    x_low, x_high = make_inputs(13, 26, in_channels=16, out_channels=8, dtype=torch.float32)
+    row_pos = crop_row_pos(2, 13).float()
+    with torch.no_grad():
+        want = m(x_low, x_high, row_pos)
+        got = _compile(m)(x_low, x_high, row_pos)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_training_graph_with_autograd():
+    """fullgraph over the training path (dropout, jitter, autograd of the ops), traced by aot_eager."""
+    m = make_module(in_channels=16, out_channels=8, rows=8, dtype=torch.float32, pos_noise=1.0).train()
+    x_low, x_high = make_inputs(13, 26, in_channels=16, out_channels=8, dtype=torch.float32)
+    compiled = _compile(m, backend="aot_eager")
+
+    torch.manual_seed(5)
+    got = run_with_grads(lambda _m, a, b, p: compiled(a, b, p, return_attention=True), m, x_low, x_high)
+    torch.manual_seed(5)
+    want = run_with_grads(module_call, m, x_low, x_high)
+    assert_all_close(got[:2], want[:2], rtol=1e-5, atol=1e-6)
+    assert_all_close(got[2], want[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_bf16(backend):
+    m = make_module(in_channels=32, out_channels=8, dtype=torch.float32, backend=backend).train()
+    x_low, x_high = make_inputs(13, 26, in_channels=32, out_channels=8, dtype=torch.float32)
+    x_low.requires_grad_(True)
+    x_high.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, attn = m(x_low, x_high, crop_row_pos(2, 13).float(), return_attention=True)
+        loss = out.float().square().mean()
+    loss.backward()
+    assert attn.dtype == torch.bfloat16 and out.shape == x_high.shape
+    assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(attn).all())
+    for t in [x_low.grad, x_high.grad] + [p.grad for p in m.parameters()]:
+        assert t is not None and bool(torch.isfinite(t).all())
+    # bf16 feature maps stay bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x_low.detach().bfloat16(), x_high.detach().bfloat16())
+    assert out.dtype == torch.bfloat16 and bool(torch.isfinite(out).all())
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(in_channels=0), ValueError, "in_channels"),
+        (dict(out_channels=2.0), TypeError, "out_channels"),
+        (dict(rows=0), ValueError, "rows"),
+        (dict(reduction=-1), ValueError, "reduction"),
+        (dict(kernel_size=4), ValueError, "kernel_size"),
+        (dict(kernel_size=True), TypeError, "kernel_size"),
+        (dict(num_convs=4), ValueError, "num_convs"),
+        (dict(pooling="mean"), ValueError, "pooling"),
+        (dict(dropout=1.0), ValueError, "dropout"),
+        (dict(dropout=-0.1), ValueError, "dropout"),
+        (dict(dropout=float("nan")), TypeError, "dropout"),
+        (dict(pos_encoding="rope"), ValueError, "pos_encoding"),
+        (dict(pos_injection=3), ValueError, "pos_injection"),
+        (dict(pos_noise=-1.0), ValueError, "pos_noise"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ],
+)
+def test_bad_constructor_args(kwargs, error, match):
+    args = dict(in_channels=8, out_channels=4) | kwargs
+    with pytest.raises(error, match=match):
+        HANet(**args)
+
+
+def test_bad_forward_inputs():
+    m = HANet(8, 4)
+    x_low, x_high = torch.randn(2, 8, 10, 6), torch.randn(2, 4, 20, 6)
+    cases = [
+        ((x_low[0], x_high), ValueError, "x_low must be a 4-D"),
+        ((x_low, x_high[0]), ValueError, "x_high must be a 4-D"),
+        ((x_low.numpy(), x_high), TypeError, "x_low must be a torch.Tensor"),
+        ((x_low[:, :4], x_high), ValueError, "x_low must have in_channels=8"),
+        ((x_low, torch.randn(2, 5, 20, 6)), ValueError, "x_high must have out_channels=4"),
+        ((x_low, x_high[:1]), ValueError, "x_high must have x_low's batch size"),
+        ((x_low, x_high, torch.rand(2, 20)), ValueError, r"row_pos must have shape \[B, H_low\]"),
+        ((x_low, x_high, torch.rand(2, 10, 1)), ValueError, "row_pos must have shape"),
+        ((x_low, x_high, torch.zeros(2, 10, dtype=torch.long)), TypeError, "row_pos must be floating"),
+    ]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            m(*args)
+    with pytest.raises(TypeError, match="x_low must have a floating"):
+        HANet(8, 4, pos_encoding=None)(x_low.long(), x_high)
