@@ -348,3 +348,18 @@ def test_cpu_backend_refuses_tensors_of_another_device(backend, device):
         x = torch.randn(1, 1, 2, 2, device="meta")
         with pytest.raises(ValueError, match="runs on cpu tensors"):
             hanet_fast.height_pool(x, 2, backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_max_pool_ties_and_signed_zeros_pick_the_first(backend, device, memory_format):
+    require_backend(backend, device)
+    x = torch.zeros(1, 2, 3, 4, device=device)
+    x[0, 0, :, 0] = -0.0
+    x[0, 1] = torch.tensor([[1.0, 3.0, 3.0, 0.0], [3.0, 2.0, 3.0, 3.0], [-1.0, 3.0, 3.0, 3.0]])
+    x = x.contiguous(memory_format=memory_format).requires_grad_()
+    z = hanet_fast.height_pool(x, 2, "max", backend=backend)
+    z_ref = reference.height_pool(x, 2, "max")
+    assert torch.equal(z, z_ref) and torch.equal(z.signbit(), z_ref.signbit())
+    grad = torch.arange(1.0, 5.0, device=device).view(1, 2, 2)
+    assert torch.equal(grads(z, x, grad)[0], grads(z_ref, x, grad)[0])

@@ -17,6 +17,7 @@
 #include "../../kernels/index_math.h"
 #include "../checks.h"
 #include "../layout.h"
+#include "output.h"
 #include "parallel.h"
 #include "runs.h"
 
@@ -134,7 +135,7 @@ at::Tensor height_gate_cpu(const at::Tensor& x_in, const at::Tensor& attn_in) {
   const auto format = memory_format_of(x_in);
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor attn = attn_in.contiguous();
-  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(format));
+  at::Tensor y = empty_output(x.sizes(), x.options().memory_format(format));
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "height_gate_cpu", [&] {
     gate_forward<scalar_t>(y.data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(),
@@ -181,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor> height_gate_backward_cpu(const at::Tensor& gr
   check_height_gate(x, attn_in);
   check_grad_y(grad_y, x);
   const at::Tensor attn = attn_in.contiguous();
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(memory_format_of(x)));
+  at::Tensor grad_x = empty_output(x.sizes(), x.options().memory_format(memory_format_of(x)));
   at::Tensor grad_attn = at::empty(attn.sizes(), attn.options());
   height_gate_backward_impl(grad_y, x, attn, grad_x, grad_attn);
   return {grad_x, grad_attn};

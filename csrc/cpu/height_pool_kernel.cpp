@@ -12,11 +12,13 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../../kernels/index_math.h"
 #include "../checks.h"
 #include "../layout.h"
+#include "output.h"
 #include "parallel.h"
 #include "runs.h"
 
@@ -109,6 +111,31 @@ void pool_avg_backward(scalar_t* grad_x, const scalar_t* grad_out, int64_t B, in
 }
 
 // ---------------------------------------------------------------------------- max
+// The maximum of one contiguous row and the column the PyTorch rule picks for it. The
+// scan for the maximum vectorises; finding its column again reads a row that is still
+// in cache.
+template <typename scalar_t>
+std::pair<acc_t<scalar_t>, int64_t> row_max_and_arg(const scalar_t* __restrict__ values, int64_t n) {
+  using acc = acc_t<scalar_t>;
+  acc best = -std::numeric_limits<acc>::infinity();
+  bool any_nan = false;
+#pragma omp simd reduction(max : best) reduction(|| : any_nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const acc v = widen(values[i]);
+    best = v > best ? v : best;
+    any_nan = any_nan || v != v;
+  }
+  if (any_nan) {  // the last NaN wins
+    for (int64_t i = n - 1;; --i) {
+      if (std::isnan(widen(values[i]))) return {widen(values[i]), i};
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {  // the first maximum wins; an all -inf row gives column 0
+    if (widen(values[i]) == best) return {widen(values[i]), i};  // keeps the sign of a zero
+  }
+  return {best, 0};
+}
+
 template <typename scalar_t>
 void pool_max(scalar_t* out, int64_t* indices, const scalar_t* x, int64_t B, int64_t C, int64_t H, int64_t W,
               int64_t R, bool channels_last) {
@@ -119,18 +146,9 @@ void pool_max(scalar_t* out, int64_t* indices, const scalar_t* x, int64_t B, int
   if (!channels_last) {
     at::parallel_for(0, B * C * H, grain_for(W), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const scalar_t* values = x + row * W;
-        acc best = -std::numeric_limits<acc>::infinity();
-        int64_t best_w = 0;
-        for (int64_t w = 0; w < W; ++w) {
-          const acc v = static_cast<acc>(values[w]);
-          if (replaces_max(v, best)) {
-            best = v;
-            best_w = w;
-          }
-        }
-        row_max[row] = best;
-        row_arg[row] = best_w;
+        const auto found = row_max_and_arg(x + row * W, W);
+        row_max[row] = found.first;
+        row_arg[row] = found.second;
       }
     });
   } else {
@@ -142,12 +160,12 @@ void pool_max(scalar_t* out, int64_t* indices, const scalar_t* x, int64_t B, int
         std::fill(best_w, best_w + C, int64_t(0));
         for (int64_t w = 0; w < W; ++w) {
           const scalar_t* values = x + (bh * W + w) * C;
+#pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            const acc v = static_cast<acc>(values[c]);
-            if (replaces_max(v, best[c])) {
-              best[c] = v;
-              best_w[c] = w;
-            }
+            const acc v = widen(values[c]);
+            const bool wins = replaces_max(v, best[c]);
+            best[c] = wins ? v : best[c];
+            best_w[c] = wins ? w : best_w[c];
           }
         }
       }
@@ -232,7 +250,7 @@ void check_pool_grad(const at::Tensor& grad_out, int64_t height, int64_t width) 
 }
 
 at::Tensor grad_input_for(const at::Tensor& grad_out, int64_t height, int64_t width, bool channels_last) {
-  return at::empty({grad_out.size(0), grad_out.size(1), height, width},
+  return empty_output({grad_out.size(0), grad_out.size(1), height, width},
                    grad_out.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
                                                                   : at::MemoryFormat::Contiguous));
 }
