@@ -37,6 +37,10 @@ def height_pool(x: torch.Tensor, rows: int = 16, mode: str = "avg", *, backend: 
     name = resolve_backend(backend, x.device)
     if name == "reference":
         return reference.height_pool(x, rows, mode)
+    if name == "triton":
+        if mode == "avg":
+            return torch.ops.hanet_fast.height_pool_avg_triton(x, rows)
+        return torch.ops.hanet_fast.height_pool_max_triton(x, rows)[0]
     if mode == "avg":
         return torch.ops.hanet_fast.height_pool_avg(x, rows)
     return torch.ops.hanet_fast.height_pool_max(x, rows)[0]
@@ -62,4 +66,6 @@ def height_gate(x: torch.Tensor, attn: torch.Tensor, *, backend: str = "auto") -
     if name == "reference":
         return reference.height_gate(x, attn)
     dtype = torch.promote_types(x.dtype, attn.dtype)
+    if name == "triton":
+        return torch.ops.hanet_fast.height_gate_triton(x.to(dtype), attn.to(dtype))
     return torch.ops.hanet_fast.height_gate(x.to(dtype), attn.to(dtype))

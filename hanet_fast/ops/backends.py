@@ -4,6 +4,10 @@
 ``triton``, else ``reference``; for CPU tensors, ``cpu`` if the extension was built,
 else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``.
 A backend named explicitly that cannot run raises and says why.
+
+``triton`` runs on CUDA tensors, and also on CPU tensors when Triton's interpreter is on
+(``TRITON_INTERPRET=1`` set before triton was imported); ``auto`` never picks it for CPU
+tensors.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ def _unavailable_reasons() -> dict[str, str | None]:
 
 # Computed once: torch.compile traces resolve_backend, which must not call into C++.
 _UNAVAILABLE = _unavailable_reasons()
-_DEVICE_OF = {"cpu": "cpu", "cuda": "cuda", "triton": "cuda"}
+_DEVICES_OF = {
+    "cpu": ("cpu",),
+    "cuda": ("cuda",),
+    # The Triton interpreter runs the kernels on CPU tensors (slow; for tests).
+    "triton": ("cuda", "cpu") if _UNAVAILABLE["triton"] is None and _triton.interpreted() else ("cuda",),
+}
 
 
 def _default_backend() -> str:
@@ -63,9 +72,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     reason = _UNAVAILABLE[backend]
     if reason is not None:
         raise RuntimeError(f"hanet_fast: backend {backend!r} is not available: {reason}")
-    wanted = _DEVICE_OF.get(backend)
-    if wanted is not None and device.type != wanted:
-        raise ValueError(f"hanet_fast: backend {backend!r} runs on {wanted} tensors, got tensors on {device}")
+    wanted = _DEVICES_OF.get(backend)
+    if wanted is not None and device.type not in wanted:
+        where = f"{wanted[0]} tensors"
+        if backend == "triton":
+            where += " (and cpu tensors under TRITON_INTERPRET=1)"
+        raise ValueError(f"hanet_fast: backend {backend!r} runs on {where}, got tensors on {device}")
     return backend
 
 

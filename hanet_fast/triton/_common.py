@@ -24,6 +24,8 @@ configuration (small blocks, so that the tiny test shapes still cross block edge
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -51,6 +53,13 @@ def is_fp64(t: torch.Tensor) -> bool:
 def pow2(n: int, cap: int) -> int:
     """The next power of two of ``n`` (at least 1), at most ``cap``."""
     return min(triton.next_power_of_2(max(int(n), 1)), cap)
+
+
+def on_device_of(t: torch.Tensor):
+    """Launch on ``t``'s GPU: Triton launches on the current CUDA device, which need not be it."""
+    if t.device.type == "cuda" and t.device.index is not None and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:

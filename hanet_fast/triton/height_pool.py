@@ -38,6 +38,7 @@ from hanet_fast.triton._common import (
     divide,
     first_bin_of_row,
     is_fp64,
+    on_device_of,
     pow2,
     strides3,
     strides4,
@@ -127,9 +128,11 @@ def _pool_max_kernel(
             nan = (v != v) & mask
             has_nan = tl.max(nan.to(tl.int32), axis=1) > 0
             last_nan = tl.max(tl.where(nan, ws, -1), axis=1)
-            finite = tl.where(mask & (v == v), v, float("-inf"))
-            chunk_max = tl.max(finite, axis=1)
-            first_max = tl.min(tl.where(mask & (finite == chunk_max[:, None]), ws, W), axis=1)
+            numbers = tl.where(mask & (v == v), v, float("-inf"))  # NaN left out
+            chunk_max = tl.max(numbers, axis=1)
+            first_max = tl.min(tl.where(mask & (numbers == chunk_max[:, None]), ws, W), axis=1)
+            # The value at first_max itself: -0.0 == +0.0, and the first of them is the maximum.
+            chunk_max = tl.max(tl.where(ws == first_max[:, None], numbers, float("-inf")), axis=1)
             value = tl.where(has_nan, float("nan"), chunk_max)
             arg = tl.where(has_nan, last_nan, first_max)
             take = (value > row_best) | (value != value)
@@ -146,16 +149,17 @@ def _pool_max_kernel(
     tl.store(idx_ptr + out_offsets, best_idx, mask=mask)
 
 
-def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool) -> dict:
+def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool, is_max: bool) -> dict:
     """Launch settings of the forward kernels: a fixed rule of the shape (they reduce)."""
     if INTERPRETED:
         return dict(BLOCK_C=4, BLOCK_W=8, BLOCK_R=pow2(R, 8), num_warps=1)
+    tile = 512 if is_max else 1024  # max keeps a value and an index per element
     if channels_last:  # channels are contiguous: wide in C, a few columns at a time
         block_c = pow2(C, 128)
-        block_w = pow2(W, max(1, 1024 // block_c))
+        block_w = pow2(W, max(1, tile // block_c))
     else:  # columns are contiguous: wide in W, a few channels (rows of x) at a time
         block_w = pow2(W, 256)
-        block_c = pow2(C, max(1, 1024 // block_w))
+        block_c = pow2(C, max(1, tile // block_w))
     # Bins per program: all of them (x read exactly once) unless that leaves too few programs.
     block_r = pow2(R, 32)
     while block_r > 1 and B * triton.cdiv(C, block_c) * triton.cdiv(R, block_r) < TARGET_PROGRAMS:
@@ -174,10 +178,11 @@ def height_pool_avg_triton(x: torch.Tensor, rows: int) -> torch.Tensor:
     out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x))
-    wrap_triton(_pool_avg_kernel)[_forward_grid(B, C, rows, cfg)](
-        x, out, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
-    )
+    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=False)
+    with on_device_of(x):
+        wrap_triton(_pool_avg_kernel)[_forward_grid(B, C, rows, cfg)](
+            x, out, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
+        )
     return out
 
 
@@ -191,10 +196,11 @@ def height_pool_max_triton(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, to
     indices = torch.empty((B, C, rows), dtype=torch.int64, device=x.device)
     if out.numel() == 0:
         return out, indices
-    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x))
-    wrap_triton(_pool_max_kernel)[_forward_grid(B, C, rows, cfg)](
-        x, out, indices, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
-    )
+    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=True)
+    with on_device_of(x):
+        wrap_triton(_pool_max_kernel)[_forward_grid(B, C, rows, cfg)](
+            x, out, indices, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
+        )
     return out, indices
 
 
@@ -258,7 +264,7 @@ def _pool_backward_kernel(
 # Writing grad_x does not reduce, so any tiling gives the same bits: autotuned on the GPU.
 _BACKWARD_KEY = ["C", "H", "W", "R"]
 if INTERPRETED:
-    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=2, BLOCK_H=4, BLOCK_W=4), num_warps=1)]
+    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)]
 else:
     _NCHW_CONFIGS = [  # W contiguous
         triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
@@ -302,12 +308,13 @@ def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> tor
             * triton.cdiv(width, meta["BLOCK_W"]),
         )
 
-    wrap_triton(kernel)[grid](
-        grad_x, grad_out, index_source,
-        C, height, width, R, (R + height - 1) // height + 1,
-        *strides3(grad_out), *strides3(index_source), *strides4(grad_x),
-        IS_MAX=is_max, IS_FP64=is_fp64(grad_out),
-    )
+    with on_device_of(grad_out):
+        wrap_triton(kernel)[grid](
+            grad_x, grad_out, index_source,
+            C, height, width, R, (R + height - 1) // height + 1,
+            *strides3(grad_out), *strides3(index_source), *strides4(grad_x),
+            IS_MAX=is_max, IS_FP64=is_fp64(grad_out),
+        )
     return grad_x
 
 
@@ -316,7 +323,9 @@ def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> tor
     mutates_args=(),
     schema="(Tensor grad_out, SymInt height, SymInt width, bool channels_last) -> Tensor",
 )
-def height_pool_avg_backward_triton(grad_out: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+def height_pool_avg_backward_triton(
+    grad_out: torch.Tensor, height: int, width: int, channels_last: bool
+) -> torch.Tensor:
     _check_pool_grad(grad_out, height, width)
     return _pool_backward(grad_out, None, height, width, channels_last)
 

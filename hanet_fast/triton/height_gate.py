@@ -1,0 +1,327 @@
+"""height_gate in Triton (DESIGN §1): ``y = x * up(attn)[..., None]`` with ``up`` the linear
+(align_corners=False) resize of ``attn [B, C, R]`` to x's height, forward and backward.
+
+Ops (same schemas as csrc/hanet_ops.cpp, registered with ``torch.library.triton_op``):
+``hanet_fast::height_gate_triton``, ``height_gate_backward_triton``,
+``height_gate_attn_backward_triton``.
+
+Kernels take element strides, so NCHW, channels_last, any other strides and stride-0
+(expanded) gradients are read in place, without copies. Outputs follow
+:mod:`hanet_fast.ops.layout`. Every program works on a ``[BLOCK_C, BLOCK_H, BLOCK_W]``
+tile (``BLOCK_C = 1`` for NCHW, ``BLOCK_H = 1`` for channels_last).
+
+* forward: each program computes the upsampled attention of its ``[BLOCK_C, BLOCK_H]``
+  rows from the two coarse taps of each row (never stored) and scales its tile of x.
+* backward, kernel 1: a program owns ``[BLOCK_C, BLOCK_H]`` whole rows, walks their
+  width once reading ``grad_y`` and ``x``, writes ``grad_x = grad_y * up`` (when wanted)
+  and reduces ``sum_w grad_y * x`` in-program into a small float32 (float64) workspace
+  ``[B, C, H]`` (1/W of x, laid out like x so it is written contiguously);
+  kernel 2: the transposed interpolation ``grad_attn = up^T(row sums)``, each program
+  summing its rows in a fixed order. No atomics: deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from hanet_fast.ops import _validate
+from hanet_fast.ops.layout import is_channels_last, memory_format_of
+from hanet_fast.triton._common import (
+    INTERPRETED,
+    divide,
+    is_fp64,
+    linear_taps,
+    on_device_of,
+    pow2,
+    strides3,
+    strides4,
+)
+
+
+@triton.jit
+def _upsampled(attn_ptr, b, cs, hs, ch_mask, H, R, sab, sac, sar, IS_FP64: tl.constexpr):
+    """up(attn)[b, cs, hs] as a [BLOCK_C, BLOCK_H] tile in the accumulator type."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    lo, hi, w_lo, w_hi = linear_taps(hs, R, H, IS_FP64)
+    plane = attn_ptr + b * sab + cs[:, None] * sac
+    a_lo = tl.load(plane + lo[None, :] * sar, mask=ch_mask, other=0.0).to(ACC)
+    a_hi = tl.load(plane + hi[None, :] * sar, mask=ch_mask, other=0.0).to(ACC)
+    return w_lo[None, :] * a_lo + w_hi[None, :] * a_hi
+
+
+# ============================================================================= forward
+@triton.jit
+def _gate_forward_kernel(
+    y_ptr, x_ptr, attn_ptr,
+    C, H, W, R,
+    sxb, sxc, sxh, sxw,
+    syb, syc, syh, syw,
+    sab, sac, sar,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    n_wb = tl.cdiv(W, BLOCK_W)
+    n_hb = tl.cdiv(H, BLOCK_H)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    wb = pid % n_wb
+    hb = (pid // n_wb) % n_hb
+    cb = (pid // (n_wb * n_hb)) % n_cb
+    b = pid // (n_wb * n_hb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ws = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
+    mask = ch_mask[:, :, None] & (ws < W)[None, None, :]
+
+    up = _upsampled(attn_ptr, b, cs, hs, ch_mask, H, R, sab, sac, sar, IS_FP64)
+    c3 = cs[:, None, None]
+    h3 = hs[None, :, None]
+    w3 = ws[None, None, :]
+    x = tl.load(x_ptr + b * sxb + c3 * sxc + h3 * sxh + w3 * sxw, mask=mask, other=0.0).to(ACC)
+    y = x * up[:, :, None]
+    tl.store(y_ptr + b * syb + c3 * syc + h3 * syh + w3 * syw, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# Every element of y is computed the same way whatever the tiling: autotuned on the GPU.
+_FORWARD_KEY = ["C", "H", "W", "R"]
+if INTERPRETED:
+    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)]
+else:
+    _NCHW_CONFIGS = [  # W contiguous
+        triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
+        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
+    ]
+    _NHWC_CONFIGS = [  # C contiguous
+        triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
+        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
+    ]
+_gate_forward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
+_gate_forward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
+
+
+def _check_same_dtype(x: torch.Tensor, attn: torch.Tensor) -> None:
+    if attn.dtype != x.dtype:
+        raise TypeError(f"hanet_fast: attn must have x's dtype {x.dtype}, got {attn.dtype}")
+
+
+@triton_op("hanet_fast::height_gate_triton", mutates_args=(), schema="(Tensor x, Tensor attn) -> Tensor")
+def height_gate_triton(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    _validate.check_height_gate(x, attn)
+    _check_same_dtype(x, attn)
+    y = torch.empty_like(x, memory_format=memory_format_of(x))
+    if y.numel() == 0:
+        return y
+    B, C, H, W = x.shape
+    R = attn.shape[2]
+    kernel = _gate_forward_nhwc if is_channels_last(x) else _gate_forward_nchw
+
+    def grid(meta):
+        return (
+            B * triton.cdiv(C, meta["BLOCK_C"]) * triton.cdiv(H, meta["BLOCK_H"]) * triton.cdiv(W, meta["BLOCK_W"]),
+        )
+
+    with on_device_of(x):
+        wrap_triton(kernel)[grid](
+            y, x, attn, C, H, W, R, *strides4(x), *strides4(y), *strides3(attn), IS_FP64=is_fp64(x)
+        )
+    return y
+
+
+# ============================================================================= backward
+@triton.jit
+def _gate_backward_rows_kernel(
+    gx_ptr, sums_ptr, gy_ptr, x_ptr, attn_ptr,
+    C, H, W, R,
+    sgyb, sgyc, sgyh, sgyw,
+    sxb, sxc, sxh, sxw,
+    sgxb, sgxc, sgxh, sgxw,
+    ssb, ssc, ssh,
+    sab, sac, sar,
+    WRITE_GRAD_X: tl.constexpr, IS_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """grad_x = grad_y * up over whole rows, and sums[b, c, h] = sum_w grad_y * x."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    n_hb = tl.cdiv(H, BLOCK_H)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    hb = pid % n_hb
+    cb = (pid // n_hb) % n_cb
+    b = pid // (n_hb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
+    c3 = cs[:, None, None]
+    h3 = hs[None, :, None]
+    w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
+
+    if WRITE_GRAD_X:
+        up = _upsampled(attn_ptr, b, cs, hs, ch_mask, H, R, sab, sac, sar, IS_FP64)[:, :, None]
+    acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
+    for w0 in range(0, W, BLOCK_W):
+        w3 = (w0 + w_offsets)[None, None, :]
+        mask = ch_mask[:, :, None] & (w3 < W)
+        gy = tl.load(gy_ptr + b * sgyb + c3 * sgyc + h3 * sgyh + w3 * sgyw, mask=mask, other=0.0).to(ACC)
+        x = tl.load(x_ptr + b * sxb + c3 * sxc + h3 * sxh + w3 * sxw, mask=mask, other=0.0).to(ACC)
+        acc += gy * x
+        if WRITE_GRAD_X:
+            gx = gy * up
+            tl.store(gx_ptr + b * sgxb + c3 * sgxc + h3 * sgxh + w3 * sgxw, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+    row_sums = tl.sum(acc, axis=2)
+    tl.store(sums_ptr + b * ssb + cs[:, None] * ssc + hs[None, :] * ssh, row_sums, mask=ch_mask)
+
+
+@triton.jit
+def _gate_backward_attn_kernel(
+    gattn_ptr, sums_ptr,
+    C, H, R,
+    ssb, ssc, ssh,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """grad_attn[b, c, r] = sum_h (w_lo[h] [lo[h] == r] + w_hi[h] [hi[h] == r]) * sums[b, c, h]."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0).to(tl.int64)
+    n_rb = tl.cdiv(R, BLOCK_R)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    rb = pid % n_rb
+    cb = (pid // n_rb) % n_cb
+    b = pid // (n_rb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    r0 = rb * BLOCK_R
+    rs = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+    c_mask = cs < C
+    # Only rows whose taps can reach bins [r0, r1] (src in [r0 - 1, r1 + 1)), with a margin.
+    r1 = tl.minimum(r0 + BLOCK_R, R) - 1
+    h_lo = tl.maximum(((r0 - 1) * H) // R - 1, 0)
+    h_hi = tl.minimum(((r1 + 2) * H) // R + 2, H)
+
+    acc = tl.zeros([BLOCK_C, BLOCK_R], dtype=ACC)
+    plane = sums_ptr + b * ssb + cs[:, None] * ssc
+    for h0 in range(h_lo, h_hi, BLOCK_H):
+        hs = h0 + tl.arange(0, BLOCK_H).to(tl.int64)
+        h_mask = hs < h_hi
+        s = tl.load(plane + hs[None, :] * ssh, mask=c_mask[:, None] & h_mask[None, :], other=0.0)  # [C, H]
+        lo, hi, w_lo, w_hi = linear_taps(hs, R, H, IS_FP64)
+        weight = tl.where(lo[:, None] == rs[None, :], w_lo[:, None], 0.0) + tl.where(
+            hi[:, None] == rs[None, :], w_hi[:, None], 0.0
+        )  # [H, R]
+        weight = tl.where(h_mask[:, None], weight, 0.0)
+        acc += tl.sum(s[:, :, None] * weight[None, :, :], axis=1)
+    out = gattn_ptr + (b * C + cs[:, None]) * R + rs[None, :]
+    tl.store(out, acc.to(gattn_ptr.dtype.element_ty), mask=c_mask[:, None] & (rs < R)[None, :])
+
+
+def _rows_config(C: int, H: int, W: int, channels_last: bool) -> dict:
+    """Launch settings of the row-reduction kernel: a fixed rule of the shape (it reduces)."""
+    if INTERPRETED:
+        return dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8, num_warps=1)
+    if channels_last:
+        block_c = pow2(C, 128)
+        return dict(BLOCK_C=block_c, BLOCK_H=1, BLOCK_W=pow2(W, max(1, 1024 // block_c)), num_warps=4)
+    block_w = pow2(W, 128)
+    return dict(BLOCK_C=1, BLOCK_H=pow2(H, max(1, 1024 // block_w)), BLOCK_W=block_w, num_warps=4)
+
+
+def _attn_config(R: int) -> dict:
+    if INTERPRETED:
+        return dict(BLOCK_C=4, BLOCK_H=8, BLOCK_R=pow2(R, 8), num_warps=1)
+    block_r = pow2(R, 32)
+    return dict(BLOCK_C=16, BLOCK_H=max(1, 256 // block_r), BLOCK_R=block_r, num_warps=4)
+
+
+def _check_grad_y(grad_y: torch.Tensor, x: torch.Tensor) -> None:
+    if grad_y.device != x.device:
+        raise ValueError(f"hanet_fast: grad_y is on {grad_y.device} but x is on {x.device}; they must be on one device")
+    if grad_y.shape != x.shape:
+        raise ValueError(f"hanet_fast: grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    if grad_y.dtype != x.dtype:
+        raise TypeError(f"hanet_fast: grad_y must have x's dtype {x.dtype}, got {grad_y.dtype}")
+
+
+def _gate_backward(grad_y, x, attn, rows: int, write_grad_x: bool):
+    """(grad_x or None, grad_attn) by the two backward kernels."""
+    B, C, H, W = x.shape
+    channels_last = is_channels_last(x)
+    grad_attn = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
+    grad_x = torch.empty_like(x, memory_format=memory_format_of(x)) if write_grad_x else None
+    if x.numel() == 0:
+        grad_attn.zero_()
+        return grad_x, grad_attn
+    acc_dtype = torch.float64 if is_fp64(x) else torch.float32
+    if channels_last:  # the row sums laid out [B, H, C] like x, so kernel 1 writes them contiguously
+        sums = torch.empty((B, H, C), dtype=acc_dtype, device=x.device).permute(0, 2, 1)
+    else:
+        sums = torch.empty((B, C, H), dtype=acc_dtype, device=x.device)
+    fp64 = is_fp64(x)
+
+    gx_arg = grad_x if write_grad_x else sums  # not written when write_grad_x is False
+    attn_arg = attn if write_grad_x else sums  # not read when write_grad_x is False
+    gx_strides = strides4(grad_x) if write_grad_x else (0, 0, 0, 0)
+    attn_strides = strides3(attn) if write_grad_x else (0, 0, 0)
+    rows_cfg = _rows_config(C, H, W, channels_last)
+    attn_cfg = _attn_config(rows)
+    with on_device_of(x):
+        grid = (B * triton.cdiv(C, rows_cfg["BLOCK_C"]) * triton.cdiv(H, rows_cfg["BLOCK_H"]),)
+        wrap_triton(_gate_backward_rows_kernel)[grid](
+            gx_arg, sums, grad_y, x, attn_arg,
+            C, H, W, rows,
+            *strides4(grad_y), *strides4(x), *gx_strides, *strides3(sums), *attn_strides,
+            WRITE_GRAD_X=write_grad_x, IS_FP64=fp64, **rows_cfg,
+        )
+        grid = (B * triton.cdiv(C, attn_cfg["BLOCK_C"]) * triton.cdiv(rows, attn_cfg["BLOCK_R"]),)
+        wrap_triton(_gate_backward_attn_kernel)[grid](
+            grad_attn, sums, C, H, rows, *strides3(sums), IS_FP64=fp64, **attn_cfg
+        )
+    return grad_x, grad_attn
+
+
+@triton_op(
+    "hanet_fast::height_gate_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_y, Tensor x, Tensor attn) -> (Tensor, Tensor)",
+)
+def height_gate_backward_triton(
+    grad_y: torch.Tensor, x: torch.Tensor, attn: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _validate.check_height_gate(x, attn)
+    _check_same_dtype(x, attn)
+    _check_grad_y(grad_y, x)
+    return _gate_backward(grad_y, x, attn, attn.shape[2], write_grad_x=True)
+
+
+@triton_op(
+    "hanet_fast::height_gate_attn_backward_triton",
+    mutates_args=(),
+    schema="(Tensor grad_y, Tensor x, int rows) -> Tensor",
+)
+def height_gate_attn_backward_triton(grad_y: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor:
+    _validate.check_feature_map(x, "x")
+    _check_grad_y(grad_y, x)
+    _validate.check_rows(rows)
+    return _gate_backward(grad_y, x, None, rows, write_grad_x=False)[1]
+
+
+# ============================================================================= autograd
+def _setup_context(ctx, inputs, output) -> None:
+    x, attn = inputs
+    needs_x, needs_attn = ctx.needs_input_grad[:2]
+    # grad_x needs attn; grad_attn needs x: keep only what the requested gradients read.
+    ctx.save_for_backward(x if needs_attn else None, attn if needs_x else None)
+    ctx.rows = attn.shape[2]
+
+
+def _backward(ctx, grad_y):
+    x, attn = ctx.saved_tensors
+    needs_x, needs_attn = ctx.needs_input_grad[:2]
+    if needs_x and needs_attn:
+        return torch.ops.hanet_fast.height_gate_backward_triton(grad_y, x, attn)
+    if needs_x:  # grad_x = grad_y * up(attn) is the forward op itself
+        return torch.ops.hanet_fast.height_gate_triton(grad_y, attn), None
+    return None, torch.ops.hanet_fast.height_gate_attn_backward_triton(grad_y, x, ctx.rows)
+
+
+height_gate_triton.register_autograd(_backward, setup_context=_setup_context)
