@@ -59,4 +59,31 @@ inline void check_same_device(const at::Tensor& t, const char* name, const at::T
                     x.device(), "; they must be on one device");
 }
 
+// grad_y of height_gate's backward ops: x's shape, dtype and device.
+inline void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x) {
+  check_same_device(grad_y, "grad_y", x);
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "hanet_fast: grad_y must have x's shape ", shape_str(x), ", got ",
+                    shape_str(grad_y));
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "hanet_fast: grad_y must have x's dtype ",
+                   x.scalar_type(), ", got ", grad_y.scalar_type());
+}
+
+// grad_out [B, C, rows] of height_pool's backward ops, and the input size it goes back to.
+inline void check_pool_grad(const at::Tensor& grad_out, int64_t height, int64_t width) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 3, "hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got ",
+                    grad_out.dim(), "-D with shape ", shape_str(grad_out));
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()),
+                   "hanet_fast: grad_out must have a floating-point dtype, got ", grad_out.scalar_type());
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1, "hanet_fast: height and width must be >= 1, got ", height, " and ",
+                    width);
+}
+
+// The argmax saved by height_pool_max, handed back to its backward.
+inline void check_pool_indices(const at::Tensor& indices, const at::Tensor& grad_out) {
+  TORCH_CHECK_VALUE(indices.sizes() == grad_out.sizes() && indices.scalar_type() == at::kLong,
+                    "hanet_fast: indices must be an int64 tensor shaped like grad_out ", shape_str(grad_out),
+                    ", got ", indices.scalar_type(), " ", shape_str(indices));
+  check_same_device(indices, "indices", grad_out);
+}
+
 }  // namespace hanet_fast

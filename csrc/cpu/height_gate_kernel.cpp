@@ -169,14 +169,6 @@ void height_gate_backward_impl(const at::Tensor& grad_y_in, const at::Tensor& x_
   });
 }
 
-void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x) {
-  check_same_device(grad_y, "grad_y", x);
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "hanet_fast: grad_y must have x's shape ", shape_str(x), ", got ",
-                    shape_str(grad_y));
-  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), "hanet_fast: grad_y must have x's dtype ",
-                   x.scalar_type(), ", got ", grad_y.scalar_type());
-}
-
 std::tuple<at::Tensor, at::Tensor> height_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                             const at::Tensor& attn_in) {
   check_height_gate(x, attn_in);

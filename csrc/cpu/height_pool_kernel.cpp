@@ -240,15 +240,6 @@ std::tuple<at::Tensor, at::Tensor> height_pool_max_cpu(const at::Tensor& x_in, i
   return {out, indices};
 }
 
-void check_pool_grad(const at::Tensor& grad_out, int64_t height, int64_t width) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 3, "hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got ",
-                    grad_out.dim(), "-D with shape ", shape_str(grad_out));
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()),
-                   "hanet_fast: grad_out must have a floating-point dtype, got ", grad_out.scalar_type());
-  TORCH_CHECK_VALUE(height >= 1 && width >= 1, "hanet_fast: height and width must be >= 1, got ", height, " and ",
-                    width);
-}
-
 at::Tensor grad_input_for(const at::Tensor& grad_out, int64_t height, int64_t width, bool channels_last) {
   return empty_output({grad_out.size(0), grad_out.size(1), height, width},
                    grad_out.options().memory_format(channels_last ? at::MemoryFormat::ChannelsLast
@@ -274,10 +265,7 @@ at::Tensor height_pool_avg_backward_cpu(const at::Tensor& grad_out_in, int64_t h
 at::Tensor height_pool_max_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& indices_in, int64_t height,
                                         int64_t width, bool channels_last) {
   check_pool_grad(grad_out_in, height, width);
-  TORCH_CHECK_VALUE(indices_in.sizes() == grad_out_in.sizes() && indices_in.scalar_type() == at::kLong,
-                    "hanet_fast: indices must be an int64 tensor shaped like grad_out ", shape_str(grad_out_in),
-                    ", got ", indices_in.scalar_type(), " ", shape_str(indices_in));
-  check_same_device(indices_in, "indices", grad_out_in);
+  check_pool_indices(indices_in, grad_out_in);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_x = grad_input_for(grad_out, height, width, channels_last).zero_();
