@@ -548,14 +548,14 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "| case | op | pass | shape | MB moved | backend | ms | ref/this | GB/s | % copy | check |",
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        "| case | op | pass | shape | MB moved | backend | ms | ref/this | GB/s | % copy | % clone | check |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         lines.append(
             f"| {r['case']} | {r['op']} | {r['pass']} | {r['shape']} | {r['bytes'] / 1e6:.0f} | {r['backend']} "
-            f"| {fmt_ms(r['ms'])} | {ratio} | {r['gbps']:.1f} | {r['pct_copy']:.0f} | {fmt_check(r)} |"
+            f"| {fmt_ms(r['ms'])} | {ratio} | {r['gbps']:.1f} | {r['pct_copy']:.0f} | {r['pct_clone']:.0f} | {fmt_check(r)} |"
         )
     lines += ["", f"total runtime: {report['total_s']:.0f} s"]
     return "\n".join(lines)
@@ -631,6 +631,7 @@ def main(argv=None) -> int:
             suite_rows, suite_failed = run_suite(suite, backends, args, device)
             for row in suite_rows:
                 row["pct_copy"] = 100 * row["gbps"] / copy["copy_"]["gbps"]
+                row["pct_clone"] = 100 * row["gbps"] / copy["clone"]["gbps"]
             rows += suite_rows
             failed.update({f"{case.name} {op} {b}": why for b, why in suite_failed.items()})
             del suite
