@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from hanet_fast.ops import _validate
-from hanet_fast.ops.layout import is_channels_last, memory_format_of
+from hanet_fast.ops.autograd import register_autograd
+from hanet_fast.ops.layout import memory_format_of
 
 _lib = "hanet_fast::"
 
@@ -61,51 +62,4 @@ def _height_gate_attn_backward_fake(grad_y, x, rows):
 
 
 # ----------------------------------------------------------------------------- autograd
-def _pool_setup_context(ctx, inputs, output) -> None:
-    x, _rows = inputs
-    ctx.height, ctx.width = x.shape[2], x.shape[3]
-    ctx.channels_last = is_channels_last(x)
-    if isinstance(output, tuple):  # max pooling saves its argmax
-        ctx.save_for_backward(output[1])
-
-
-def _height_pool_avg_backward(ctx, grad_out):
-    grad_x = torch.ops.hanet_fast.height_pool_avg_backward(grad_out, ctx.height, ctx.width, ctx.channels_last)
-    return grad_x, None
-
-
-def _height_pool_max_backward(ctx, grad_values, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    grad_x = torch.ops.hanet_fast.height_pool_max_backward(
-        grad_values, indices, ctx.height, ctx.width, ctx.channels_last
-    )
-    return grad_x, None
-
-
-def _height_gate_setup_context(ctx, inputs, output) -> None:
-    x, attn = inputs
-    needs_x, needs_attn = ctx.needs_input_grad[:2]
-    # grad_x needs attn; grad_attn needs x: keep only what the requested gradients read.
-    ctx.save_for_backward(x if needs_attn else None, attn if needs_x else None)
-    ctx.rows = attn.shape[2]
-
-
-def _height_gate_backward(ctx, grad_y):
-    x, attn = ctx.saved_tensors
-    needs_x, needs_attn = ctx.needs_input_grad[:2]
-    if needs_x and needs_attn:
-        return torch.ops.hanet_fast.height_gate_backward(grad_y, x, attn)
-    if needs_x:  # grad_x = grad_y * up(attn) is the forward op itself
-        return torch.ops.hanet_fast.height_gate(grad_y, attn), None
-    return None, torch.ops.hanet_fast.height_gate_attn_backward(grad_y, x, ctx.rows)
-
-
-torch.library.register_autograd(
-    _lib + "height_pool_avg", _height_pool_avg_backward, setup_context=_pool_setup_context
-)
-torch.library.register_autograd(
-    _lib + "height_pool_max", _height_pool_max_backward, setup_context=_pool_setup_context
-)
-torch.library.register_autograd(
-    _lib + "height_gate", _height_gate_backward, setup_context=_height_gate_setup_context
-)
+register_autograd()

@@ -61,3 +61,44 @@ def check_height_gate(x: torch.Tensor, attn: torch.Tensor) -> None:
         )
     if attn.shape[2] < 1:
         raise ValueError("hanet_fast: attn must have at least one row (rows >= 1), got 0")
+
+
+# ----------------------------------------------------------------------------- op-level checks
+# What the operators themselves (C++ csrc/checks.h, Triton ops) check beyond the public API.
+def check_same_dtype(x: torch.Tensor, attn: torch.Tensor) -> None:
+    if attn.dtype != x.dtype:
+        raise TypeError(f"hanet_fast: attn must have x's dtype {x.dtype}, got {attn.dtype}")
+
+
+def check_grad_y(grad_y: torch.Tensor, x: torch.Tensor) -> None:
+    if grad_y.device != x.device:
+        raise ValueError(f"hanet_fast: grad_y is on {grad_y.device} but x is on {x.device}; they must be on one device")
+    if grad_y.shape != x.shape:
+        raise ValueError(f"hanet_fast: grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    if grad_y.dtype != x.dtype:
+        raise TypeError(f"hanet_fast: grad_y must have x's dtype {x.dtype}, got {grad_y.dtype}")
+
+
+def check_pool_grad(grad_out: torch.Tensor, height: int, width: int) -> None:
+    if grad_out.dim() != 3:
+        raise ValueError(
+            f"hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got {grad_out.dim()}-D "
+            f"with shape {tuple(grad_out.shape)}"
+        )
+    if not grad_out.is_floating_point():
+        raise TypeError(f"hanet_fast: grad_out must have a floating-point dtype, got {grad_out.dtype}")
+    if height < 1 or width < 1:
+        raise ValueError(f"hanet_fast: height and width must be >= 1, got {height} and {width}")
+
+
+def check_pool_indices(indices: torch.Tensor, grad_out: torch.Tensor) -> None:
+    if indices.shape != grad_out.shape or indices.dtype != torch.int64:
+        raise ValueError(
+            f"hanet_fast: indices must be an int64 tensor shaped like grad_out {tuple(grad_out.shape)}, "
+            f"got {indices.dtype} {tuple(indices.shape)}"
+        )
+    if indices.device != grad_out.device:
+        raise ValueError(
+            f"hanet_fast: indices is on {indices.device} but grad_out is on {grad_out.device}; "
+            "they must be on one device"
+        )

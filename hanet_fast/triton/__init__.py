@@ -49,7 +49,10 @@ def ensure_registered() -> None:
     if _UNAVAILABLE_REASON is not None:
         raise RuntimeError(f"hanet_fast: backend 'triton' is not available: {_UNAVAILABLE_REASON}")
     try:
+        from hanet_fast.ops.autograd import register_autograd
         from hanet_fast.triton import height_gate, height_pool  # noqa: F401  (registers the ops)
+
+        register_autograd("_triton")
     except Exception as error:
         _UNAVAILABLE_REASON = f"the triton ops could not be registered ({type(error).__name__}: {error})"
         raise RuntimeError(f"hanet_fast: backend 'triton' is not available: {_UNAVAILABLE_REASON}") from error

@@ -31,7 +31,6 @@ from hanet_fast.ops import _validate
 from hanet_fast.ops.layout import is_channels_last, memory_format_of
 from hanet_fast.triton._common import (
     INTERPRETED,
-    divide,
     is_fp64,
     linear_taps,
     on_device_of,
@@ -103,15 +102,10 @@ _gate_forward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_FORWARD_KEY)(_g
 _gate_forward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
 
 
-def _check_same_dtype(x: torch.Tensor, attn: torch.Tensor) -> None:
-    if attn.dtype != x.dtype:
-        raise TypeError(f"hanet_fast: attn must have x's dtype {x.dtype}, got {attn.dtype}")
-
-
 @triton_op("hanet_fast::height_gate_triton", mutates_args=(), schema="(Tensor x, Tensor attn) -> Tensor")
 def height_gate_triton(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     _validate.check_height_gate(x, attn)
-    _check_same_dtype(x, attn)
+    _validate.check_same_dtype(x, attn)
     y = torch.empty_like(x, memory_format=memory_format_of(x))
     if y.numel() == 0:
         return y
@@ -233,15 +227,6 @@ def _attn_config(R: int) -> dict:
     return dict(BLOCK_C=16, BLOCK_H=max(1, 256 // block_r), BLOCK_R=block_r, num_warps=4)
 
 
-def _check_grad_y(grad_y: torch.Tensor, x: torch.Tensor) -> None:
-    if grad_y.device != x.device:
-        raise ValueError(f"hanet_fast: grad_y is on {grad_y.device} but x is on {x.device}; they must be on one device")
-    if grad_y.shape != x.shape:
-        raise ValueError(f"hanet_fast: grad_y must have x's shape {tuple(x.shape)}, got {tuple(grad_y.shape)}")
-    if grad_y.dtype != x.dtype:
-        raise TypeError(f"hanet_fast: grad_y must have x's dtype {x.dtype}, got {grad_y.dtype}")
-
-
 def _gate_backward(grad_y, x, attn, rows: int, write_grad_x: bool):
     """(grad_x or None, grad_attn) by the two backward kernels."""
     B, C, H, W = x.shape
@@ -288,8 +273,8 @@ def height_gate_backward_triton(
     grad_y: torch.Tensor, x: torch.Tensor, attn: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _validate.check_height_gate(x, attn)
-    _check_same_dtype(x, attn)
-    _check_grad_y(grad_y, x)
+    _validate.check_same_dtype(x, attn)
+    _validate.check_grad_y(grad_y, x)
     return _gate_backward(grad_y, x, attn, attn.shape[2], write_grad_x=True)
 
 
@@ -300,28 +285,6 @@ def height_gate_backward_triton(
 )
 def height_gate_attn_backward_triton(grad_y: torch.Tensor, x: torch.Tensor, rows: int) -> torch.Tensor:
     _validate.check_feature_map(x, "x")
-    _check_grad_y(grad_y, x)
+    _validate.check_grad_y(grad_y, x)
     _validate.check_rows(rows)
     return _gate_backward(grad_y, x, None, rows, write_grad_x=False)[1]
-
-
-# ============================================================================= autograd
-def _setup_context(ctx, inputs, output) -> None:
-    x, attn = inputs
-    needs_x, needs_attn = ctx.needs_input_grad[:2]
-    # grad_x needs attn; grad_attn needs x: keep only what the requested gradients read.
-    ctx.save_for_backward(x if needs_attn else None, attn if needs_x else None)
-    ctx.rows = attn.shape[2]
-
-
-def _backward(ctx, grad_y):
-    x, attn = ctx.saved_tensors
-    needs_x, needs_attn = ctx.needs_input_grad[:2]
-    if needs_x and needs_attn:
-        return torch.ops.hanet_fast.height_gate_backward_triton(grad_y, x, attn)
-    if needs_x:  # grad_x = grad_y * up(attn) is the forward op itself
-        return torch.ops.hanet_fast.height_gate_triton(grad_y, attn), None
-    return None, torch.ops.hanet_fast.height_gate_attn_backward_triton(grad_y, x, ctx.rows)
-
-
-height_gate_triton.register_autograd(_backward, setup_context=_setup_context)

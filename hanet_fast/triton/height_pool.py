@@ -278,18 +278,6 @@ _pool_backward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_BACKWARD_KEY)(
 _pool_backward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
 
 
-def _check_pool_grad(grad_out: torch.Tensor, height: int, width: int) -> None:
-    if grad_out.dim() != 3:
-        raise ValueError(
-            f"hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got {grad_out.dim()}-D "
-            f"with shape {tuple(grad_out.shape)}"
-        )
-    if not grad_out.is_floating_point():
-        raise TypeError(f"hanet_fast: grad_out must have a floating-point dtype, got {grad_out.dtype}")
-    if height < 1 or width < 1:
-        raise ValueError(f"hanet_fast: height and width must be >= 1, got {height} and {width}")
-
-
 def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> torch.Tensor:
     B, C, R = grad_out.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -326,7 +314,7 @@ def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> tor
 def height_pool_avg_backward_triton(
     grad_out: torch.Tensor, height: int, width: int, channels_last: bool
 ) -> torch.Tensor:
-    _check_pool_grad(grad_out, height, width)
+    _validate.check_pool_grad(grad_out, height, width)
     return _pool_backward(grad_out, None, height, width, channels_last)
 
 
@@ -338,41 +326,6 @@ def height_pool_avg_backward_triton(
 def height_pool_max_backward_triton(
     grad_out: torch.Tensor, indices: torch.Tensor, height: int, width: int, channels_last: bool
 ) -> torch.Tensor:
-    _check_pool_grad(grad_out, height, width)
-    if indices.shape != grad_out.shape or indices.dtype != torch.int64:
-        raise ValueError(
-            f"hanet_fast: indices must be an int64 tensor shaped like grad_out {tuple(grad_out.shape)}, "
-            f"got {indices.dtype} {tuple(indices.shape)}"
-        )
-    if indices.device != grad_out.device:
-        raise ValueError(
-            f"hanet_fast: indices is on {indices.device} but grad_out is on {grad_out.device}; "
-            "they must be on one device"
-        )
+    _validate.check_pool_grad(grad_out, height, width)
+    _validate.check_pool_indices(indices, grad_out)
     return _pool_backward(grad_out, indices, height, width, channels_last)
-
-
-# ============================================================================= autograd
-def _setup_context(ctx, inputs, output) -> None:
-    x, _rows = inputs
-    ctx.height, ctx.width = x.shape[2], x.shape[3]
-    ctx.channels_last = is_channels_last(x)
-    if isinstance(output, tuple):  # max pooling saves its argmax
-        ctx.save_for_backward(output[1])
-
-
-def _avg_backward(ctx, grad_out):
-    grad_x = torch.ops.hanet_fast.height_pool_avg_backward_triton(grad_out, ctx.height, ctx.width, ctx.channels_last)
-    return grad_x, None
-
-
-def _max_backward(ctx, grad_values, _grad_indices):
-    (indices,) = ctx.saved_tensors
-    grad_x = torch.ops.hanet_fast.height_pool_max_backward_triton(
-        grad_values, indices, ctx.height, ctx.width, ctx.channels_last
-    )
-    return grad_x, None
-
-
-height_pool_avg_triton.register_autograd(_avg_backward, setup_context=_setup_context)
-height_pool_max_triton.register_autograd(_max_backward, setup_context=_setup_context)
