@@ -1,0 +1,244 @@
+"""Segmentation data sets: built-in synthetic scenes, Cityscapes, BDD100K, and image folders.
+
+Every data set yields dicts ``{"image": [3, H, W] float, "mask": [H, W] int64 trainIds (255 =
+ignore), "row_pos": [H] float32, "index": int}`` (plus ``"path"`` for files on disk) after its
+transform (see :mod:`hanet_fast.data.transforms`). ``dataset[i]`` applies the transform with a
+generator seeded by ``i``; the training sampler passes ``(index, seed_tuple, centroid)`` items
+instead, to choose the augmentation seed and a class-uniform crop centre.
+
+A missing or unreadable (corrupt, truncated) image or label raises :class:`DatasetError` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from hanet_fast.data.labels import IGNORE_INDEX, label_to_train_lut
+from hanet_fast.data.synthetic import SPLIT_IDS, generate_scene
+from hanet_fast.data.transforms import EvalTransform, full_row_pos
+
+__all__ = ["DatasetError", "SegmentationDataset", "SyntheticUrbanScenes", "Cityscapes", "BDD100K", "ImageFolder",
+           "read_image", "read_label"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(RuntimeError):
+    """A data set file is missing or unreadable, or a data set tree is malformed."""
+
+
+def _read(path: str, mode: str, what: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise DatasetError(f"hanet_fast.data: {what} file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if mode == "RGB":
+                im = im.convert("RGB")
+            elif im.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(f"hanet_fast.data: {what} {path} has mode {im.mode}, expected a single-channel label map")
+            arr = np.asarray(im)
+    except DatasetError:
+        raise
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated), ...
+        raise DatasetError(f"hanet_fast.data: cannot read {what} {path}: {type(e).__name__}: {e}") from e
+    return arr
+
+
+def read_image(path: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB; :class:`DatasetError` naming the file if missing or corrupt."""
+    return _read(path, "RGB", "image")
+
+
+def read_label(path: str) -> np.ndarray:
+    """``[H, W]`` label map; :class:`DatasetError` naming the file if missing or corrupt."""
+    arr = _read(path, "L", "label")
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255:
+            raise DatasetError(f"hanet_fast.data: label {path} has values above 255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Base class: subclasses implement ``__len__``, :meth:`load` and :meth:`cache_key`."""
+
+    def __init__(self, transform: Callable | None = None) -> None:
+        self.transform = transform if transform is not None else EvalTransform()
+
+    def load(self, index: int) -> dict:
+        """The raw sample: ``{"image": uint8 [H, W, 3], "mask": uint8 [H, W]}`` (+ ``"path"``)."""
+        raise NotImplementedError
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return self.load(index)["mask"]
+
+    def cache_key(self) -> str:
+        """A string identifying the data (for the class-centroid cache)."""
+        raise NotImplementedError
+
+    def __getitem__(self, item) -> dict:
+        if isinstance(item, (tuple, list)):
+            index, seed, centroid = item
+        else:
+            index, seed, centroid = int(item), (int(item),), None
+        if not 0 <= index < len(self):
+            raise IndexError(f"hanet_fast.data: index {index} out of range for {type(self).__name__} of length {len(self)}")
+        sample = self.load(index)
+        image, mask = sample["image"], sample["mask"]
+        if image.shape[:2] != mask.shape:
+            raise DatasetError(
+                f"hanet_fast.data: image and label sizes differ ({image.shape[:2]} vs {mask.shape}) for "
+                f"{sample.get('path', index)}")
+        sample["row_pos"] = full_row_pos(mask.shape[0])
+        rng = np.random.default_rng(list(seed))
+        out = self.transform(sample, rng, centroid)
+        out["index"] = index
+        return out
+
+
+class SyntheticUrbanScenes(SegmentationDataset):
+    """The built-in procedurally generated street scenes (:mod:`hanet_fast.data.synthetic`).
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"`` (disjoint random streams).
+        length: number of scenes.
+        size: ``(height, width)`` of the generated scenes.
+        seed: data seed; scene ``i`` is a function of ``(seed, split, i)`` only.
+    """
+
+    def __init__(self, split: str = "train", length: int = 2000, size: tuple[int, int] = (128, 256), seed: int = 0,
+                 transform: Callable | None = None) -> None:
+        super().__init__(transform)
+        if split not in SPLIT_IDS:
+            raise ValueError(f"hanet_fast.data: split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+        self.split, self.length, self.size, self.seed = split, int(length), tuple(size), int(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int) -> dict:
+        image, mask = generate_scene(self.seed, index, *self.size, split=self.split)
+        return {"image": image, "mask": mask}
+
+    def cache_key(self) -> str:
+        return f"synthetic-v1:{self.split}:{self.length}:{self.size}:{self.seed}"
+
+
+class _FilePairs(SegmentationDataset):
+    """Lists of (image path, label path or None) read from disk."""
+
+    label_lut: np.ndarray | None = None
+
+    def __init__(self, pairs: list[tuple[str, str | None]], transform: Callable | None) -> None:
+        super().__init__(transform)
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> dict:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        if label_path is None:
+            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        else:
+            mask = read_label(label_path)
+            if self.label_lut is not None:
+                mask = self.label_lut[mask]
+        return {"image": image, "mask": mask, "path": image_path}
+
+    def load_mask(self, index: int) -> np.ndarray:
+        label_path = self.pairs[index][1]
+        if label_path is None:
+            return np.full((1, 1), IGNORE_INDEX, dtype=np.uint8)
+        mask = read_label(label_path)
+        return self.label_lut[mask] if self.label_lut is not None else mask
+
+    def cache_key(self) -> str:
+        first = self.pairs[0][0] if self.pairs else ""
+        last = self.pairs[-1][0] if self.pairs else ""
+        return f"{type(self).__name__}:{len(self.pairs)}:{os.path.abspath(first)}:{os.path.abspath(last)}"
+
+    def __getitem__(self, item) -> dict:
+        out = super().__getitem__(item)
+        out["path"] = self.pairs[out["index"]][0]
+        return out
+
+
+def _require_dir(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise DatasetError(f"hanet_fast.data: {what} folder not found: {path}")
+
+
+class Cityscapes(_FilePairs):
+    """Cityscapes: ``root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
+    ``root/gtFine/<split>/<city>/<name>_gtFine_labelIds.png`` (labelIds mapped to the 19
+    trainIds through cityscapesscripts' table, see :mod:`hanet_fast.data.labels`).
+
+    Args:
+        split: ``train``, ``val``, ``test`` (fine), or ``train_extra`` (with ``mode="coarse"``).
+        mode: ``"fine"`` (gtFine) or ``"coarse"`` (gtCoarse, ``*_gtCoarse_labelIds.png``).
+    """
+
+    def __init__(self, root: str, split: str = "train", mode: str = "fine", transform: Callable | None = None) -> None:
+        if mode not in ("fine", "coarse"):
+            raise ValueError(f"hanet_fast.data: Cityscapes mode must be 'fine' or 'coarse', got {mode!r}")
+        gt = "gtFine" if mode == "fine" else "gtCoarse"
+        image_dir = os.path.join(root, "leftImg8bit", split)
+        _require_dir(image_dir, "Cityscapes image")
+        images = sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png")))
+        if not images:
+            raise DatasetError(f"hanet_fast.data: no *_leftImg8bit.png images under {image_dir}")
+        pairs = []
+        for path in images:
+            city = os.path.basename(os.path.dirname(path))
+            name = os.path.basename(path)[: -len("_leftImg8bit.png")]
+            label = os.path.join(root, gt, split, city, f"{name}_{gt}_labelIds.png")
+            if not os.path.isfile(label):
+                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
+            pairs.append((path, label))
+        super().__init__(pairs, transform)
+        self.label_lut = label_to_train_lut()
+        self.root, self.split, self.mode = root, split, mode
+
+
+class BDD100K(_FilePairs):
+    """BDD100K segmentation: ``root/images/10k/<split>/<name>.jpg`` with
+    ``root/labels/sem_seg/masks/<split>/<name>.png`` (already the 19 trainIds, 255 ignored)."""
+
+    def __init__(self, root: str, split: str = "train", transform: Callable | None = None) -> None:
+        image_dir = os.path.join(root, "images", "10k", split)
+        label_dir = os.path.join(root, "labels", "sem_seg", "masks", split)
+        _require_dir(image_dir, "BDD100K image")
+        images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
+        pairs = []
+        for path in images:
+            label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+            if not os.path.isfile(label):
+                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
+            pairs.append((path, label))
+        super().__init__(pairs, transform)
+        self.root, self.split = root, split
+
+
+class ImageFolder(_FilePairs):
+    """Every image under ``root`` (recursively, sorted), without labels (mask all 255): for inference."""
+
+    def __init__(self, root: str, transform: Callable | None = None) -> None:
+        _require_dir(root, "image")
+        images = sorted(
+            os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise DatasetError(f"hanet_fast.data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        super().__init__([(p, None) for p in images], transform)
+        self.root = root

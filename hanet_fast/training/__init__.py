@@ -1,0 +1,1 @@
+"""Training helpers for :mod:`hanet_fast.train`: losses, schedules, checkpoints, metrics, figures."""
