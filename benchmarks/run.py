@@ -42,8 +42,6 @@ from hanet_fast import ops
 from hanet_fast.ops import reference
 
 # --------------------------------------------------------------------------------------------- cases
-# DeepLabv3+ ResNet-101, output stride 8, a 512x1024 input (paper §4.1): stage 3/4 and ASPP run at
-# 64x128, the decoder at 128x256. DESIGN §4 says which feature maps each HANet layer joins.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,20 +76,32 @@ class Case:
         )
 
 
-CASES: dict[str, Case] = {
-    c.name: c
-    for c in (
-        Case("L1", "stage-3 out -> stage-4 out", 2, 1024, (64, 128), 2048, (64, 128)),
-        Case("L2", "stage-4 out -> ASPP concat", 2, 2048, (64, 128), 1280, (64, 128)),
-        Case("L3", "ASPP concat -> ASPP 1x1", 2, 1280, (64, 128), 256, (64, 128)),
-        Case("L4", "decoder in -> decoder block", 2, 304, (128, 256), 256, (128, 256)),
-        Case("L5", "decoder block -> logits", 2, 256, (128, 256), 19, (128, 256), pooling="max"),
-    )
+def _case_table(batch: int, coarse: tuple[int, int], fine: tuple[int, int]) -> dict[str, "Case"]:
+    """HANet's five places in DeepLabv3+ ResNet-101 at output stride 8 (DESIGN §4): stage 3/4 and
+    ASPP at `coarse` resolution (1/8 of the input), the decoder at `fine` (1/4)."""
+    return {
+        c.name: c
+        for c in (
+            Case("L1", "stage-3 out -> stage-4 out", batch, 1024, coarse, 2048, coarse),
+            Case("L2", "stage-4 out -> ASPP concat", batch, 2048, coarse, 1280, coarse),
+            Case("L3", "ASPP concat -> ASPP 1x1", batch, 1280, coarse, 256, coarse),
+            Case("L4", "decoder in -> decoder block", batch, 304, fine, 256, fine),
+            Case("L5", "decoder block -> logits", batch, 256, fine, 19, fine, pooling="max"),
+        )
+    }
+
+
+# CPU: batch 2 of 512x1024 images; GPU: batch 4 of 768x768 training crops (paper §4.1).
+CASES_BY_DEVICE: dict[str, dict[str, Case]] = {
+    "cpu": _case_table(2, (64, 128), (128, 256)),
+    "cuda": _case_table(4, (96, 96), (192, 192)),
 }
+CASES = CASES_BY_DEVICE["cpu"]
 
 OPS = ("pool", "gate", "module")
 PASSES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 INDEX_BYTES = 8  # int64 argmax saved by max pooling
 
 # --------------------------------------------------------------------------------------------- backends
@@ -447,11 +457,26 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Device memory one call allocates at its peak beyond what was allocated before it, in MB
+    (10^6 bytes); None on CPU, where the caching allocator's statistics do not exist."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    result = fn()
+    synchronize(device)
+    del result
+    return (torch.cuda.max_memory_allocated(device) - before) / 1e6
+
+
 def run_suite(suite: Suite, backends: list[Backend], args, device) -> tuple[list[dict], dict[str, str]]:
     """Time one (case, op) for every backend; returns the table rows and backends that failed."""
     built: dict[str, dict[str, Callable]] = {}
     first_call: dict[str, float] = {}
     checks: dict[str, float | None] = {}
+    peak_mb: dict[str, float | None] = {}
     failed: dict[str, str] = {}
     expected = None
     for backend in backends:
@@ -468,6 +493,7 @@ def run_suite(suite: Suite, backends: list[Backend], args, device) -> tuple[list
             failed[backend.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             log(f"  {suite.case.name} {suite.op}: backend {backend.name} failed: {failed[backend.name]}")
             continue
+        peak_mb[backend.name] = peak_memory_mb(fns["fwd+bwd"], device)
         random = not suite.deterministic_train and backend.compiled  # compiled RNG differs from eager
         if backend.name == "reference":
             expected = result
@@ -501,6 +527,7 @@ def run_suite(suite: Suite, backends: list[Backend], args, device) -> tuple[list
                     "bytes": moved,
                     "gbps": moved / (ms * 1e-3) / 1e9,
                     "first_call_s": first_call[name],
+                    "peak_mb": peak_mb[name],
                     "check_max_rel_err": checks[name],
                     "check_ok": None if checks[name] is None else checks[name] <= tolerance(suite.dtype),
                 }
@@ -525,7 +552,7 @@ def markdown(report: dict) -> str:
     m, copy = report["machine"], report["copy"]
     cfg = report["config"]
     lines = [
-        f"# hanet_fast benchmarks ({m['device']}, {cfg['dtype']}, {cfg['memory_format']})",
+        f"# hanet_fast benchmarks ({m['device']}, {'/'.join(cfg['dtypes'])}, {'/'.join(cfg['formats'])})",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, {m['cpu_capability']}"
         + (f"; GPU {m['gpu']}" if "gpu" in m else ""),
@@ -548,14 +575,17 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "| case | op | pass | shape | MB moved | backend | ms | ref/this | GB/s | % copy | % clone | check |",
-        "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| case | op | pass | dtype | format | shape | MB moved | backend | ms | ref/this | GB/s | % copy | % clone "
+        "| peak MB | check |",
+        "|---|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else "-"
         lines.append(
-            f"| {r['case']} | {r['op']} | {r['pass']} | {r['shape']} | {r['bytes'] / 1e6:.0f} | {r['backend']} "
-            f"| {fmt_ms(r['ms'])} | {ratio} | {r['gbps']:.1f} | {r['pct_copy']:.0f} | {r['pct_clone']:.0f} | {fmt_check(r)} |"
+            f"| {r['case']} | {r['op']} | {r['pass']} | {r['dtype']} | {r['format']} | {r['shape']} "
+            f"| {r['bytes'] / 1e6:.0f} | {r['backend']} | {fmt_ms(r['ms'])} | {ratio} | {r['gbps']:.1f} "
+            f"| {r['pct_copy']:.0f} | {r['pct_clone']:.0f} | {peak} | {fmt_check(r)} |"
         )
     lines += ["", f"total runtime: {report['total_s']:.0f} s"]
     return "\n".join(lines)
@@ -569,8 +599,10 @@ def main(argv=None) -> int:
                    help="comma-separated: reference, cpu, cuda, triton, compile (= torch.compile of the reference), "
                         "compile-<backend> (default: %(default)s; those that cannot run are skipped)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--channels-last", action="store_true", help="feature maps in channels_last")
+    p.add_argument("--dtype", default="float32",
+                   help=f"comma-separated, of {','.join(DTYPES)}: each is a separate sweep (default float32)")
+    p.add_argument("--formats", default="nchw", help="comma-separated, of nchw,channels_last (default nchw)")
+    p.add_argument("--channels-last", action="store_true", help="same as --formats channels_last")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per backend, median reported (default 7, >= 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per pass after the checked first call (default 1)")
     p.add_argument("--small", action="store_true", help="a quarter of every channel count, height and width")
@@ -587,9 +619,10 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
-    dtype = DTYPES[args.dtype]
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    cases = [CASES[n] for n in parse_list(args.cases, CASES, "case")]
+    dtype_names = parse_list(args.dtype, DTYPES, "dtype")
+    format_names = parse_list("channels_last" if args.channels_last else args.formats, FORMATS, "format")
+    table = CASES_BY_DEVICE[device.type]
+    cases = [table[n] for n in parse_list(args.cases, table, "case")]
     if args.small:
         cases = [c.small() for c in cases]
     op_names = parse_list(args.ops, OPS, "op")
@@ -613,31 +646,35 @@ def main(argv=None) -> int:
 
     config = {
         "cases": [c.name for c in cases], "ops": op_names, "backends": [b.name for b in backends],
-        "device": str(device), "dtype": args.dtype, "memory_format": "channels_last" if args.channels_last else "nchw",
+        "device": str(device), "dtypes": dtype_names, "formats": format_names,
         "repeats": args.repeats, "warmup": args.warmup, "small": args.small,
     }
     log(f"benchmarking {config['cases']} x {op_names} x {config['backends']} on {device}")
 
     largest = max(math.prod(s) for c in cases for s in (c.low_shape, c.high_shape))
-    copy = measure_copy(largest, dtype, device, args.repeats)
+    copy = measure_copy(largest, torch.float32, device, args.repeats)
     log(f"copy roofline: clone {copy['clone']['gbps']:.1f} GB/s, copy_ {copy['copy_']['gbps']:.1f} GB/s")
 
     rows, failed = [], {}
-    for case in cases:
-        for op in op_names:
-            torch.manual_seed(0)
-            suite = SUITES[op](case, device, dtype, memory_format)
-            t0 = time.perf_counter()
-            suite_rows, suite_failed = run_suite(suite, backends, args, device)
-            for row in suite_rows:
-                row["pct_copy"] = 100 * row["gbps"] / copy["copy_"]["gbps"]
-                row["pct_clone"] = 100 * row["gbps"] / copy["clone"]["gbps"]
-            rows += suite_rows
-            failed.update({f"{case.name} {op} {b}": why for b, why in suite_failed.items()})
-            del suite
-            torch._dynamo.reset()  # compiled graphs of this case are not reused; keep caches small
-            gc.collect()
-            log(f"  {case.name} {op}: {time.perf_counter() - t0:.1f} s")
+    for dtype_name in dtype_names:
+        for format_name in format_names:
+            dtype, memory_format = DTYPES[dtype_name], FORMATS[format_name]
+            for case in cases:
+                for op in op_names:
+                    torch.manual_seed(0)
+                    suite = SUITES[op](case, device, dtype, memory_format)
+                    t0 = time.perf_counter()
+                    suite_rows, suite_failed = run_suite(suite, backends, args, device)
+                    for row in suite_rows:
+                        row["dtype"], row["format"] = dtype_name, format_name
+                        row["pct_copy"] = 100 * row["gbps"] / copy["copy_"]["gbps"]
+                        row["pct_clone"] = 100 * row["gbps"] / copy["clone"]["gbps"]
+                    rows += suite_rows
+                    failed.update({f"{case.name} {op} {dtype_name} {format_name} {b}": why for b, why in suite_failed.items()})
+                    del suite
+                    torch._dynamo.reset()  # compiled graphs of this case are not reused; keep caches small
+                    gc.collect()
+                    log(f"  {case.name} {op} {dtype_name} {format_name}: {time.perf_counter() - t0:.1f} s")
 
     machine = machine_info(device)
     machine["loadavg_start"], machine["loadavg_end"] = load_start, load_average()  # 1, 5, 15 min
