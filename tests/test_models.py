@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import urllib.error
-import warnings
 
 import numpy as np
 import pytest
@@ -41,21 +40,7 @@ from hanet_fast.models import (
 )
 from hanet_fast.models.summary import PAPER_TABLE2, model_cost
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes on shared cores: one thread is several times faster than two here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="hanet_fast: no fused backend")
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_fallback_warning")
 
 
 def _down(n: int, times: int) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -17,21 +16,7 @@ BACKENDS = [b for b, why in hanet_fast.ops.available_backends().items() if why i
 # (H_low, H_high, rows): H_low != H_high, rows larger than H, rows smaller than H, H % rows != 0.
 SHAPES = [(13, 26, 16), (20, 9, 8)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The shapes here are tiny: one thread is fastest, and immune to other processes' load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fallback_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="hanet_fast: no fused backend")
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread", "quiet_fallback_warning")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -40,7 +40,10 @@ POOL_MODES = ["avg", "max"]
 REPO = Path(__file__).resolve().parents[1]
 
 # inf * 0 in the interpolation gives NaN, as in the reference; numpy warns about it.
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 # The interpreter is slow: the shapes of op_cases.SHAPES without the large ones.
 if INTERPRETED:
@@ -65,15 +68,6 @@ def kernel_test(test):
 @pytest.fixture
 def _triton_here():
     _requires_triton_here()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: one thread is fastest, and leaves the other cores to other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_x(shape, dtype, memory_format=torch.contiguous_format, seed=0):
