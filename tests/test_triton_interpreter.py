@@ -527,6 +527,7 @@ def test_kernels_compile_for_sm90():
         pytest.skip("triton has no NVIDIA backend")
     from hanet_fast.triton import height_gate as hg
     from hanet_fast.triton import height_pool as hp
+    from hanet_fast.triton._common import ELEMENTWISE_NCHW_CONFIGS, ELEMENTWISE_NHWC_CONFIGS
 
     # (C, H, W, R): a typical map, and sizes of 1 (Triton turns int arguments equal to 1 into constants).
     shapes = [(256, 97, 96, 16), (1, 1, 1, 1)]
@@ -543,7 +544,7 @@ def test_kernels_compile_for_sm90():
                     blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
                     constants = dict(IS_FP64=fp64, **blocks, **unit_stride, **ones)
                     _compile_for_sm90(kernel, pointers, constants, cfg["num_warps"])
-                configs = hp._NHWC_CONFIGS if channels_last else hp._NCHW_CONFIGS
+                configs = ELEMENTWISE_NHWC_CONFIGS if channels_last else ELEMENTWISE_NCHW_CONFIGS
                 for config in (configs[0], configs[-1]):
                     for is_max in (False, True):
                         index_type = "*i64" if is_max else f"*{dtype}"

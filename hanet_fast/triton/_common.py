@@ -44,6 +44,22 @@ TARGET_PROGRAMS = 1024
 
 _ACCUMULATES_IN_FLOAT64 = {torch.float64}
 
+# Autotune candidates of the kernels that write each element of a [B, C, H, W] tensor once
+# (no reduction, so every tiling gives the same bits): tiles along W for NCHW, along C for NHWC.
+if INTERPRETED:
+    ELEMENTWISE_NCHW_CONFIGS = ELEMENTWISE_NHWC_CONFIGS = [
+        triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)
+    ]
+else:
+    ELEMENTWISE_NCHW_CONFIGS = [
+        triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
+        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
+    ]
+    ELEMENTWISE_NHWC_CONFIGS = [
+        triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
+        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
+    ]
+
 
 def is_fp64(t: torch.Tensor) -> bool:
     """True when a kernel reading ``t`` accumulates in float64 rather than float32."""

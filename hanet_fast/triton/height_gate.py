@@ -30,6 +30,8 @@ from torch.library import triton_op, wrap_triton
 from hanet_fast.ops import _validate
 from hanet_fast.ops.layout import is_channels_last, memory_format_of
 from hanet_fast.triton._common import (
+    ELEMENTWISE_NCHW_CONFIGS,
+    ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
     is_fp64,
     linear_taps,
@@ -87,19 +89,8 @@ def _gate_forward_kernel(
 
 # Every element of y is computed the same way whatever the tiling: autotuned on the GPU.
 _FORWARD_KEY = ["C", "H", "W", "R"]
-if INTERPRETED:
-    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)]
-else:
-    _NCHW_CONFIGS = [  # W contiguous
-        triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
-        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
-    ]
-    _NHWC_CONFIGS = [  # C contiguous
-        triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
-        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
-    ]
-_gate_forward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
-_gate_forward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
+_gate_forward_nchw = triton.autotune(configs=ELEMENTWISE_NCHW_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
+_gate_forward_nhwc = triton.autotune(configs=ELEMENTWISE_NHWC_CONFIGS, key=_FORWARD_KEY)(_gate_forward_kernel)
 
 
 @triton_op("hanet_fast::height_gate_triton", mutates_args=(), schema="(Tensor x, Tensor attn) -> Tensor")

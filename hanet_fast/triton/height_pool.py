@@ -31,6 +31,8 @@ from torch.library import triton_op, wrap_triton
 from hanet_fast.ops import _validate
 from hanet_fast.ops.layout import is_channels_last
 from hanet_fast.triton._common import (
+    ELEMENTWISE_NCHW_CONFIGS,
+    ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
     TARGET_PROGRAMS,
     bin_end,
@@ -263,19 +265,8 @@ def _pool_backward_kernel(
 
 # Writing grad_x does not reduce, so any tiling gives the same bits: autotuned on the GPU.
 _BACKWARD_KEY = ["C", "H", "W", "R"]
-if INTERPRETED:
-    _NCHW_CONFIGS = _NHWC_CONFIGS = [triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)]
-else:
-    _NCHW_CONFIGS = [  # W contiguous
-        triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
-        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
-    ]
-    _NHWC_CONFIGS = [  # C contiguous
-        triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
-        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
-    ]
-_pool_backward_nchw = triton.autotune(configs=_NCHW_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
-_pool_backward_nhwc = triton.autotune(configs=_NHWC_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+_pool_backward_nchw = triton.autotune(configs=ELEMENTWISE_NCHW_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+_pool_backward_nhwc = triton.autotune(configs=ELEMENTWISE_NHWC_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
 
 
 def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> torch.Tensor:
