@@ -1,4 +1,5 @@
-"""Cases shared by the op tests (and the benchmarks): backends, dtypes with tolerances, shapes."""
+"""Cases shared by the op tests (and the benchmarks): backends, dtypes with tolerances, shapes,
+input makers and bad arguments."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import hanet_fast
 
 
 AVAILABLE = [name for name, why in hanet_fast.ops.available_backends().items() if why is None]
+# Under TRITON_INTERPRET=1 (set by tests/test_triton_interpreter.py's driver) the triton backend
+# runs on CPU tensors in Triton's interpreter, one program at a time in Python: small shapes only.
+TRITON_INTERPRETED = hanet_fast.ops.available_backends()["triton"] is None and hanet_fast.triton.interpreted()
+TRITON_DEVICE = "cpu" if TRITON_INTERPRETED else "cuda"
 # Fused backends and the device their tensors live on.
 FUSED_BACKENDS = [
     pytest.param(name, device, id=name, marks=[pytest.mark.gpu] if device == "cuda" else [])
-    for name, device in (("cpu", "cpu"), ("cuda", "cuda"), ("triton", "cuda"))
+    for name, device in (("cpu", "cpu"), ("cuda", "cuda"), ("triton", TRITON_DEVICE))
 ]
 
 # (dtype, atol, rtol): float32/float64 are compared with the reference in the same dtype;
@@ -35,6 +40,9 @@ SHAPES = [
     pytest.param((1, 6, 23, 515, 16), id="large_W"),
     pytest.param((2, 19, 12, 10, 7), id="odd_channels"),
 ]
+if TRITON_INTERPRETED:
+    SHAPES = [p for p in SHAPES if p.id in ("divisible", "H_not_divisible", "H_lt_rows", "W1", "all_ones")]
+    SHAPES.append(pytest.param((1, 7, 10, 11, 3), id="B1_rows3"))
 
 MEMORY_FORMATS = [
     pytest.param(torch.contiguous_format, id="nchw"),
@@ -51,6 +59,25 @@ def require_backend(name: str, device: str) -> None:
         pytest.skip(f"backend {name!r} unavailable: {why}")
 
 
+def make_x(shape, dtype, device, memory_format=torch.contiguous_format, seed=0) -> torch.Tensor:
+    """A random ``x`` of ``shape = (B, C, H, W, rows)``, drawn in float64 so every dtype sees the same values."""
+    B, C, H, W, _ = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64).to(dtype)
+    return x.to(device).contiguous(memory_format=memory_format)
+
+
+def make_attn(shape, dtype, device, seed=1) -> torch.Tensor:
+    """A random attention map ``[B, C, rows]`` in [0, 1) for ``shape = (B, C, H, W, rows)``."""
+    B, C, _, _, rows = shape
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, rows, generator=gen, dtype=torch.float64).to(dtype).to(device)
+
+
+def grads(out, inputs, grad_out):
+    return torch.autograd.grad(out, inputs, grad_out)
+
+
 def oracle_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the reference runs in when checking a backend's `dtype` results."""
     return torch.float64 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -63,3 +90,63 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
     )
 
 
+
+
+def bad_inputs(device: str) -> tuple[list, list]:
+    """(gate cases, pool cases) of bad public-API arguments: ``(args, error type, message regex)``."""
+    x = torch.randn(2, 3, 8, 4, device=device)
+    attn = torch.rand(2, 3, 4, device=device)
+    other = "meta" if device == "cpu" else "cpu"
+    gate = [
+        ((x[0], attn), ValueError, r"x must be a 4-D tensor"),
+        ((x.long(), attn), TypeError, r"x must have a floating-point dtype"),
+        ((x, attn[0]), ValueError, r"attn must be a 3-D tensor"),
+        ((x, attn.int()), TypeError, r"attn must have a floating-point dtype"),
+        ((x, attn.to(other)), ValueError, r"attn is on .* but x is on"),
+        ((x, attn[:1]), ValueError, r"attn must have x's batch and channel sizes"),
+        ((x, attn[:, :2]), ValueError, r"attn must have x's batch and channel sizes"),
+        ((x, attn[:, :, :0]), ValueError, r"attn must have at least one row"),
+    ]
+    pool = [
+        ((x[0], 4, "avg"), ValueError, r"x must be a 4-D tensor"),
+        ((x.to(torch.int32), 4, "avg"), TypeError, r"x must have a floating-point dtype"),
+        ((x, 0, "avg"), ValueError, r"rows must be >= 1"),
+        ((x, -3, "max"), ValueError, r"rows must be >= 1"),
+        ((x, 4, "median"), ValueError, r"mode must be one of"),
+        ((x[:, :, :0], 4, "avg"), ValueError, r"x must have height and width >= 1"),
+    ]
+    return gate, pool
+
+
+def check_direct_op_errors(suffix: str, device: str) -> None:
+    """Calls the operators ``torch.ops.hanet_fast.<name><suffix>`` (``""``: C++, ``"_triton"``)
+    directly with bad arguments and asserts they fail with the public API's wording."""
+    def op(name: str):
+        return getattr(torch.ops.hanet_fast, name + suffix)
+
+    gate, pool = bad_inputs(device)
+    for args, error, message in gate:
+        if args[1].device.type == "meta":
+            continue  # the dispatcher refuses mixed devices before the kernel runs
+        with pytest.raises(error, match=message):
+            op("height_gate")(*args)
+    for args, error, message in pool:
+        if args[2] != "avg":
+            continue  # the mode is the public API's; the ops are split by mode
+        for name in ("height_pool_avg", "height_pool_max"):
+            with pytest.raises(error, match=message):
+                op(name)(args[0], args[1])
+    x = torch.randn(2, 3, 8, 4, device=device)
+    attn = torch.rand(2, 3, 4, device=device)
+    with pytest.raises(TypeError, match=r"attn must have x's dtype"):
+        op("height_gate")(x, attn.double())
+    with pytest.raises(ValueError, match=r"grad_y must have x's shape"):
+        op("height_gate_backward")(x[:1], x, attn)
+    with pytest.raises(TypeError, match=r"grad_y must have x's dtype"):
+        op("height_gate_attn_backward")(x.double(), x, 4)
+    with pytest.raises(ValueError, match=r"rows must be >= 1"):
+        op("height_gate_attn_backward")(x, x, 0)
+    with pytest.raises(ValueError, match=r"grad_out must be a 3-D tensor"):
+        op("height_pool_avg_backward")(x, 8, 4, False)
+    with pytest.raises(ValueError, match=r"indices must be an int64 tensor"):
+        op("height_pool_max_backward")(attn, attn, 8, 4, False)

@@ -49,22 +49,23 @@ def test_rewriter_understands_the_launchers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "old, new",
+    "name, old, new",
     [
-        ("at::cuda::getCurrentCUDAStream().stream()", "c10::cuda::getStreamFromPool().stream()"),
-        ("C10_CUDA_KERNEL_LAUNCH_CHECK()", "C10_CUDA_CHECK(cudaGetLastError())"),
-        ("TORCH_LIBRARY_IMPL(hanet_fast, CUDA, m)", "TORCH_LIBRARY_IMPL(hanet_fast, AutogradCUDA, m)"),
-        ("#include <torch/library.h>\n", "#include <torch/library.h>\n#include <ATen/cuda/CUDAEvent.h>\n"),
+        ("launch.h", "at::cuda::getCurrentCUDAStream().stream()", "c10::cuda::getStreamFromPool().stream()"),
+        ("launch.h", "C10_CUDA_KERNEL_LAUNCH_CHECK()", "C10_CUDA_CHECK(cudaGetLastError())"),
+        ("height_pool_kernel.cu", "TORCH_LIBRARY_IMPL(hanet_fast, CUDA, m)", "TORCH_LIBRARY_IMPL(hanet_fast, AutogradCUDA, m)"),
+        ("height_pool_kernel.cu", "#include <torch/library.h>\n", "#include <torch/library.h>\n#include <ATen/cuda/CUDAEvent.h>\n"),
     ],
     ids=["stream", "launch_check", "registration", "new_cuda_include"],
 )
-def test_rewriter_fails_loudly_on_unknown_launcher_code(old, new):
+def test_rewriter_fails_loudly_on_unknown_launcher_code(name, old, new):
     """A launcher changed beyond the rules is an error naming the file, not a silent mis-rewrite."""
-    cu = ROOT / "csrc" / "cuda" / "height_pool_kernel.cu"
-    text = cu.read_text()
+    source = ROOT / "csrc" / "cuda" / name
+    text = source.read_text()
     assert old in text
-    with pytest.raises(emu_sources.RewriteError, match="height_pool_kernel.cu"):
-        emu_sources.rewrite_launcher(text.replace(old, new), cu)
+    rewrite = emu_sources.rewrite_launch_header if name == "launch.h" else emu_sources.rewrite_launcher
+    with pytest.raises(emu_sources.RewriteError, match=name.replace(".", r"\.")):
+        rewrite(text.replace(old, new), source)
 
 
 def _skip_reason() -> str | None:

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import hanet_fast
 from hanet_fast.ops import reference
-from op_cases import DTYPES, FUSED_BACKENDS, MEMORY_FORMATS, SHAPES, assert_close, oracle_dtype, require_backend
+from op_cases import (DTYPES, FUSED_BACKENDS, MEMORY_FORMATS, SHAPES, TRITON_INTERPRETED, assert_close, bad_inputs,
+                      check_direct_op_errors, grads, make_attn, make_x, oracle_dtype, require_backend)
 
 POOL_MODES = ["avg", "max"]
 
 
-def make_x(shape, dtype, device, memory_format=torch.contiguous_format, seed=0):
-    B, C, H, W, _ = shape
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, C, H, W, generator=gen, dtype=torch.float64).to(dtype)
-    return x.to(device).contiguous(memory_format=memory_format)
+# inf * 0 in the interpolation gives NaN, as in the reference; the Triton interpreter's numpy warns about it.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 
-def make_attn(shape, dtype, device, seed=1):
-    B, C, _, _, rows = shape
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(B, C, rows, generator=gen, dtype=torch.float64).to(dtype).to(device)
-
-
-def grads(out, inputs, grad_out):
-    return torch.autograd.grad(out, inputs, grad_out)
+def max_pool_op(backend: str):
+    """The max-pooling operator a backend runs (returns values and argmax indices)."""
+    return torch.ops.hanet_fast.height_pool_max_triton if backend == "triton" else torch.ops.hanet_fast.height_pool_max
 
 
 # ----------------------------------------------------------------------------- parity
@@ -45,6 +40,10 @@ def test_height_pool_matches_reference(backend, device, dtype, atol, rtol, shape
     x_ref = x.detach().to(oracle_dtype(dtype)).requires_grad_()
     z_ref = reference.height_pool(x_ref, rows, mode)
     assert_close(z, z_ref, atol, rtol)
+    if mode == "max":  # the argmax is the reference's too
+        indices = max_pool_op(backend)(x.detach(), rows)[1]
+        ref_indices = torch.nn.functional.adaptive_max_pool2d(x_ref.detach(), (rows, 1), return_indices=True)[1]
+        assert torch.equal(indices, ref_indices.squeeze(-1))
 
     grad_z = torch.randn_like(z_ref)
     (grad_x,) = grads(z, x, grad_z.to(dtype))
@@ -152,6 +151,40 @@ def test_height_gate_promotes_dtypes_like_multiplication(backend, device):
     torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("rows", [1, 2, 40])
+def test_rows_extremes(backend, device, rows):
+    """One bin (every row), and more bins than rows (bins repeat rows)."""
+    require_backend(backend, device)
+    shape = (1, 3, 11, 5, rows)
+    x = make_x(shape, torch.float64, device, seed=rows).requires_grad_()
+    attn = make_attn(shape, torch.float64, device).requires_grad_()
+    for mode in POOL_MODES:
+        z = hanet_fast.height_pool(x, rows, mode, backend=backend)
+        z_ref = reference.height_pool(x, rows, mode)
+        torch.testing.assert_close(z, z_ref, atol=1e-12, rtol=1e-12)
+        grad_z = torch.randn_like(z)
+        torch.testing.assert_close(grads(z, x, grad_z)[0], grads(z_ref, x, grad_z)[0], atol=1e-12, rtol=1e-12)
+    y = hanet_fast.height_gate(x, attn, backend=backend)
+    y_ref = reference.height_gate(x, attn)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    grad_y = torch.randn_like(y)
+    for got, want in zip(grads(y, (x, attn), grad_y), grads(y_ref, (x, attn), grad_y)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_empty_batch(backend, device):
+    require_backend(backend, device)
+    x = torch.randn(0, 3, 5, 4, device=device, requires_grad=True)
+    attn = torch.rand(0, 3, 2, device=device, requires_grad=True)
+    assert hanet_fast.height_pool(x, 2, "max", backend=backend).shape == (0, 3, 2)
+    y = hanet_fast.height_gate(x, attn, backend=backend)
+    assert y.shape == x.shape
+    grad_x, grad_attn = grads(y, (x, attn), torch.ones_like(y))
+    assert grad_x.shape == x.shape and grad_attn.shape == attn.shape
+
+
 # ----------------------------------------------------------------------------- special values
 @pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
@@ -166,6 +199,7 @@ def test_nan_and_inf_propagate_like_reference(backend, device, memory_format, dt
     x[1, 0, 0, :] = float("-inf")  # a whole row of -inf: max keeps the first position
     x[1, 1, 3, 2] = float("nan")
     x[1, 1, 4, 5] = float("nan")  # two NaNs in one bin: the later one is the argmax
+    x[0, 2, 6, 1] = x[0, 2, 6, 4] = x[0, 2, 7, 2] = 9.0  # tied maxima: the first one is the argmax
     x = x.to(dtype).contiguous(memory_format=memory_format)
     attn = make_attn(shape, dtype, device)
     attn[0, 2, 1] = float("nan")
@@ -178,6 +212,9 @@ def test_nan_and_inf_propagate_like_reference(backend, device, memory_format, dt
         torch.testing.assert_close(z, z_ref, equal_nan=True, atol=1e-2, rtol=1e-2)
         grad = torch.ones_like(z)
         torch.testing.assert_close(grads(z, xg, grad)[0], grads(z_ref, xr, grad)[0], equal_nan=True)
+    indices = max_pool_op(backend)(x, 4)[1]
+    ref_indices = torch.nn.functional.adaptive_max_pool2d(x, (4, 1), return_indices=True)[1].squeeze(-1)
+    assert torch.equal(indices, ref_indices)
     y = hanet_fast.height_gate(x, attn, backend=backend)
     y_ref = reference.height_gate(x, attn)
     assert torch.equal(y.isnan(), y_ref.isnan())
@@ -191,14 +228,14 @@ def test_nan_and_inf_propagate_like_reference(backend, device, memory_format, dt
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
 def test_bitwise_deterministic(backend, device, memory_format):
     require_backend(backend, device)
-    shape = (2, 24, 45, 67, 16)
+    shape = (2, 6, 19, 10, 8) if backend == "triton" and TRITON_INTERPRETED else (2, 24, 45, 67, 16)
 
     def run():
         x = make_x(shape, torch.float32, device, memory_format).requires_grad_()
         attn = make_attn(shape, torch.float32, device).requires_grad_()
         outs = []
         for mode in POOL_MODES:
-            z = hanet_fast.height_pool(x, 16, mode, backend=backend)
+            z = hanet_fast.height_pool(x, shape[4], mode, backend=backend)
             outs += [z, *grads(z, x, torch.ones_like(z))]
         y = hanet_fast.height_gate(x, attn, backend=backend)
         outs += [y, *grads(y, (x, attn), torch.ones_like(y) / 3)]
@@ -213,19 +250,33 @@ def test_bitwise_deterministic(backend, device, memory_format):
 @pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
 def test_gradcheck(backend, device, memory_format):
     require_backend(backend, device)
+    # The interpreter runs each kernel in Python: gradcheck's fast mode (a random projection of
+    # the Jacobian instead of every column) keeps it to seconds.
+    check = functools.partial(torch.autograd.gradcheck, fast_mode=backend == "triton" and TRITON_INTERPRETED)
     shape = (2, 3, 7, 4, 5)
     x = make_x(shape, torch.float64, device, memory_format).requires_grad_()
     attn = make_attn(shape, torch.float64, device).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: hanet_fast.height_gate(a, b, backend=backend), (x, attn))
+    assert check(lambda a, b: hanet_fast.height_gate(a, b, backend=backend), (x, attn))
     for mode in POOL_MODES:
-        assert torch.autograd.gradcheck(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x,))
+        assert check(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x,))
     x_short = make_x((1, 2, 3, 2, 5), torch.float64, device, memory_format).requires_grad_()  # H < rows
     for mode in POOL_MODES:
-        assert torch.autograd.gradcheck(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x_short,))
+        assert check(lambda a: hanet_fast.height_pool(a, 5, mode, backend=backend), (x_short,))
 
 
-def _op_samples(device):
-    ops = torch.ops.hanet_fast
+# The C++ ops (suffix "") and the Triton ones ("_triton"); opcheck's fake-tensor test of a
+# triton_op is a GPU path, so Triton's ops are checked on CUDA only.
+OP_FAMILIES = [
+    pytest.param("", "cpu", id="cpp-cpu"),
+    pytest.param("", "cuda", id="cpp-cuda", marks=pytest.mark.gpu),
+    pytest.param("_triton", "cuda", id="triton-cuda", marks=pytest.mark.gpu),
+]
+
+
+def _op_samples(suffix: str, device: str):
+    def op(name: str):
+        return getattr(torch.ops.hanet_fast, name + suffix).default
+
     samples = []
     for memory_format in (torch.contiguous_format, torch.channels_last):
         for dtype in (torch.float32, torch.float64):
@@ -233,59 +284,34 @@ def _op_samples(device):
             attn = torch.rand(2, 3, 4, dtype=dtype, device=device)
             grad_z = torch.randn(2, 3, 4, dtype=dtype, device=device)
             grad_y = torch.randn_like(x)
-            indices = ops.height_pool_max(x, 4)[1]
+            indices = op("height_pool_max")(x, 4)[1]
             cl = memory_format == torch.channels_last
             samples += [
-                (ops.height_pool_avg.default, (x.requires_grad_(), 4)),
-                (ops.height_pool_max.default, (x, 4)),
-                (ops.height_gate.default, (x, attn.requires_grad_())),
-                (ops.height_pool_avg_backward.default, (grad_z, 9, 5, cl)),
-                (ops.height_pool_max_backward.default, (grad_z, indices, 9, 5, cl)),
-                (ops.height_gate_backward.default, (grad_y, x.detach(), attn.detach())),
-                (ops.height_gate_attn_backward.default, (grad_y, x.detach(), 4)),
+                (op("height_pool_avg"), (x.requires_grad_(), 4)),
+                (op("height_pool_max"), (x, 4)),
+                (op("height_gate"), (x, attn.requires_grad_())),
+                (op("height_pool_avg_backward"), (grad_z, 9, 5, cl)),
+                (op("height_pool_max_backward"), (grad_z, indices, 9, 5, cl)),
+                (op("height_gate_backward"), (grad_y, x.detach(), attn.detach())),
+                (op("height_gate_attn_backward"), (grad_y, x.detach(), 4)),
             ]
     return samples
 
 
-@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_opcheck_every_op(device):
-    require_backend("cpu" if device == "cpu" else "cuda", device)
-    for op, args in _op_samples(device):
+@pytest.mark.parametrize("suffix,device", OP_FAMILIES)
+def test_opcheck_every_op(suffix, device):
+    require_backend("triton" if suffix else device, device)
+    for op, args in _op_samples(suffix, device):
         torch.library.opcheck(op, args)
 
 
 # ----------------------------------------------------------------------------- bad input
-def _bad_inputs(device):
-    x = torch.randn(2, 3, 8, 4, device=device)
-    attn = torch.rand(2, 3, 4, device=device)
-    other = "meta" if device == "cpu" else "cpu"
-    gate = [
-        ((x[0], attn), ValueError, r"x must be a 4-D tensor"),
-        ((x.long(), attn), TypeError, r"x must have a floating-point dtype"),
-        ((x, attn[0]), ValueError, r"attn must be a 3-D tensor"),
-        ((x, attn.int()), TypeError, r"attn must have a floating-point dtype"),
-        ((x, attn.to(other)), ValueError, r"attn is on .* but x is on"),
-        ((x, attn[:1]), ValueError, r"attn must have x's batch and channel sizes"),
-        ((x, attn[:, :2]), ValueError, r"attn must have x's batch and channel sizes"),
-        ((x, attn[:, :, :0]), ValueError, r"attn must have at least one row"),
-    ]
-    pool = [
-        ((x[0], 4, "avg"), ValueError, r"x must be a 4-D tensor"),
-        ((x.to(torch.int32), 4, "avg"), TypeError, r"x must have a floating-point dtype"),
-        ((x, 0, "avg"), ValueError, r"rows must be >= 1"),
-        ((x, -3, "max"), ValueError, r"rows must be >= 1"),
-        ((x, 4, "median"), ValueError, r"mode must be one of"),
-        ((x[:, :, :0], 4, "avg"), ValueError, r"x must have height and width >= 1"),
-    ]
-    return gate, pool
-
-
 @pytest.mark.parametrize(
     "backend,device", [pytest.param("reference", "cpu", id="reference"), *FUSED_BACKENDS]
 )
 def test_bad_input_errors_name_the_argument(backend, device):
     require_backend(backend, device)
-    gate, pool = _bad_inputs(device)
+    gate, pool = bad_inputs(device)
     for args, error, message in gate:
         with pytest.raises(error, match=message):
             hanet_fast.height_gate(*args, backend=backend)
@@ -294,20 +320,11 @@ def test_bad_input_errors_name_the_argument(backend, device):
             hanet_fast.height_pool(*args, backend=backend)
 
 
-def test_direct_op_calls_fail_like_the_public_api():
-    """The C++ checks word each error as the Python checks do."""
-    require_backend("cpu", "cpu")
-    gate, pool = _bad_inputs("cpu")
-    for args, error, message in gate:
-        if args[1].device.type == "meta":
-            continue  # the dispatcher refuses mixed devices before the kernel runs
-        with pytest.raises(error, match=message):
-            torch.ops.hanet_fast.height_gate(*args)
-    for args, error, message in pool:
-        if args[2] != "avg":
-            continue
-        with pytest.raises(error, match=message):
-            torch.ops.hanet_fast.height_pool_avg(args[0], args[1])
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_direct_op_calls_fail_like_the_public_api(backend, device):
+    """The C++ and Triton ops' own checks word each error as the Python checks do."""
+    require_backend(backend, device)
+    check_direct_op_errors("_triton" if backend == "triton" else "", device)
 
 
 def test_unavailable_backends_say_why():
@@ -341,13 +358,11 @@ def test_backend_env_var_overrides_auto(tmp_path):
     assert bad.returncode != 0 and "HANET_FAST_BACKEND='nonsense'" in bad.stderr
 
 
-@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
-def test_cpu_backend_refuses_tensors_of_another_device(backend, device):
-    require_backend(backend, device)
-    if device == "cpu":
-        x = torch.randn(1, 1, 2, 2, device="meta")
-        with pytest.raises(ValueError, match="runs on cpu tensors"):
-            hanet_fast.height_pool(x, 2, backend=backend)
+def test_cpu_backend_refuses_tensors_of_another_device():
+    require_backend("cpu", "cpu")
+    x = torch.randn(1, 1, 2, 2, device="meta")
+    with pytest.raises(ValueError, match="runs on cpu tensors"):
+        hanet_fast.height_pool(x, 2, backend="cpu")
 
 
 @pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
@@ -358,8 +373,9 @@ def test_max_pool_ties_and_signed_zeros_pick_the_first(backend, device, memory_f
     x[0, 0, :, 0] = -0.0
     x[0, 1] = torch.tensor([[1.0, 3.0, 3.0, 0.0], [3.0, 2.0, 3.0, 3.0], [-1.0, 3.0, 3.0, 3.0]])
     x = x.contiguous(memory_format=memory_format).requires_grad_()
-    z = hanet_fast.height_pool(x, 2, "max", backend=backend)
-    z_ref = reference.height_pool(x, 2, "max")
-    assert torch.equal(z, z_ref) and torch.equal(z.signbit(), z_ref.signbit())
-    grad = torch.arange(1.0, 5.0, device=device).view(1, 2, 2)
-    assert torch.equal(grads(z, x, grad)[0], grads(z_ref, x, grad)[0])
+    for rows in (2, 3):
+        z = hanet_fast.height_pool(x, rows, "max", backend=backend)
+        z_ref = reference.height_pool(x, rows, "max")
+        assert torch.equal(z, z_ref) and torch.equal(z.signbit(), z_ref.signbit())
+        grad = torch.arange(1.0, 2 * rows + 1, device=device).view(1, 2, rows)
+        assert torch.equal(grads(z, x, grad)[0], grads(z_ref, x, grad)[0])

@@ -4,34 +4,21 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "../../kernels/height_gate.cuh"
 #include "../checks.h"
 #include "../layout.h"
+#include "launch.h"
 
 namespace hanet_fast {
 namespace cuda {
 namespace {
-
-cuda::Device current_device() {
-  return {at::cuda::getCurrentDeviceProperties()->multiProcessorCount, at::cuda::getCurrentCUDAStream().stream()};
-}
-
-const auto kLaunchCheck = [] { C10_CUDA_KERNEL_LAUNCH_CHECK(); };
-
-template <typename scalar_t>
-at::ScalarType acc_dtype() {
-  return std::is_same_v<at::opmath_type<scalar_t>, double> ? at::kDouble : at::kFloat;
-}
 
 at::Tensor height_gate_cuda(const at::Tensor& x_in, const at::Tensor& attn_in) {
   check_height_gate(x_in, attn_in);

@@ -24,17 +24,24 @@ import re
 
 NAMESPACE = "hanet_emu"
 
-# (pattern, replacement, how often it must occur in each launcher: an int, or "+" for >= 1).
-_LAUNCHER_RULES: list[tuple[str, str, int | str]] = [
+# (pattern, replacement, how often it must occur: an int, or "+" for >= 1).
+_KERNELS_INCLUDE = ('#include "../../kernels/', '#include "tests/cuda_emulation/emulation.h"\n#include "kernels/', 1)
+# csrc/cuda/launch.h: everything the launchers take from the CUDA runtime.
+_LAUNCH_HEADER_RULES: list[tuple[str, str, int | str]] = [
     ("#include <ATen/cuda/CUDAContext.h>\n", "", 1),
     ("#include <c10/cuda/CUDAException.h>\n", "", 1),
-    ("#include <c10/cuda/CUDAGuard.h>\n", "", 1),
-    ('#include "../../kernels/', '#include "tests/cuda_emulation/emulation.h"\n#include "kernels/', 1),
-    ('#include "../', '#include "csrc/', "+"),
-    ("c10::cuda::CUDAGuard", "c10::Device", "+"),
+    _KERNELS_INCLUDE,
     ("at::cuda::getCurrentDeviceProperties()->multiProcessorCount", "emu::sm_count", 1),
     ("at::cuda::getCurrentCUDAStream().stream()", "nullptr", 1),
     ("C10_CUDA_KERNEL_LAUNCH_CHECK()", "(void)0", 1),
+]
+# csrc/cuda/*.cu; their `#include "launch.h"` finds the rewritten header next to them.
+_LAUNCHER_RULES: list[tuple[str, str, int | str]] = [
+    ("#include <c10/cuda/CUDAGuard.h>\n", "", 1),
+    _KERNELS_INCLUDE,
+    ('#include "../', '#include "csrc/', "+"),
+    ('#include "launch.h"\n', '#include "launch.h"\n', 1),
+    ("c10::cuda::CUDAGuard", "c10::Device", "+"),
     ("TORCH_LIBRARY_IMPL(hanet_fast, CUDA, m)", f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)", 1),
 ]
 
@@ -101,6 +108,13 @@ def rewrite_launcher(text: str, origin: pathlib.Path) -> str:
     return f"// Generated from {origin.name} by tests/cuda_emulation/emu_sources.py; do not edit.\n" + text
 
 
+def rewrite_launch_header(text: str, origin: pathlib.Path) -> str:
+    """csrc/cuda/launch.h with the CUDA-runtime calls replaced (see the module docstring)."""
+    text = _apply(text, _LAUNCH_HEADER_RULES, origin)
+    _check_leftovers(text, origin)
+    return f"// Generated from {origin.name} by tests/cuda_emulation/emu_sources.py; do not edit.\n" + text
+
+
 def rewrite_schema(text: str, origin: pathlib.Path) -> str:
     """csrc/hanet_ops.cpp with the schemas defined under `hanet_emu`, plus the test hooks."""
     text = _apply(text, _SCHEMA_RULES, origin)
@@ -114,7 +128,7 @@ def schema_ops(root: pathlib.Path) -> list[str]:
 
 
 def write_sources(root: pathlib.Path, out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Writes the emulated sources of repository `root` into `out_dir`; returns their paths.
+    """Writes the emulated sources of repository `root` into `out_dir`; returns the paths to compile.
 
     A file is only rewritten when its content changes, so cached builds stay valid.
     """
@@ -130,11 +144,14 @@ def write_sources(root: pathlib.Path, out_dir: pathlib.Path) -> list[pathlib.Pat
     generated = {"schema.cpp": rewrite_schema(schema.read_text(), schema)}
     for cu in launchers:
         generated[cu.stem + ".cpp"] = rewrite_launcher(cu.read_text(), cu)
+    header = root / "csrc" / "cuda" / "launch.h"
+    generated[header.name] = rewrite_launch_header(header.read_text(), header)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in generated.items():
         path = out_dir / name
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-        paths.append(path)
+        if path.suffix == ".cpp":
+            paths.append(path)
     return paths
