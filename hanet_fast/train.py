@@ -52,12 +52,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from hanet_fast._cli import size_arg
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, EvalTransform, SyntheticUrbanScenes,
                              TrainSampler, TrainTransform, class_centroids)
+from hanet_fast.evaluate import accumulate_confusion
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.losses import segmentation_loss
-from hanet_fast.training.metrics import confusion, format_table, iou_from_confusion
+from hanet_fast.training.metrics import format_table, iou_from_confusion
 from hanet_fast.training.schedule import poly_scheduler
 from hanet_fast.training.visualize import attention_figure, prediction_grid, save_png
 
@@ -95,15 +97,6 @@ _RUNTIME_KEYS = ("out", "resume", "workers", "no_progress", "stop_after", "devic
                  "log_every", "deterministic")
 
 
-def _pair(text: str) -> tuple[int, int]:
-    parts = [int(p) for p in text.replace("x", ",").split(",")]
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected H,W or HxW or one size, got {text!r}")
-    return parts[0], parts[1]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hanet_fast.train",
@@ -135,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
     g.add_argument("--train-split", default="train", help="training split (cityscapes/bdd100k)")
     g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
-    g.add_argument("--synthetic-size", type=_pair, default=S, help="synthetic scene size H,W (preset: 128,256)")
+    g.add_argument("--synthetic-size", type=size_arg, default=S, help="synthetic scene size H,W (preset: 128,256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
     g.add_argument("--synthetic-val", type=int, default=S, help="number of synthetic validation scenes (preset: 100)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scenes")
-    g.add_argument("--crop-size", type=_pair, default=S, help="training crop H,W (or one size)")
+    g.add_argument("--crop-size", type=size_arg, default=S, help="training crop H,W (or one size)")
     g.add_argument("--scale-min", type=float, default=S, help="random scale minimum (paper: 0.5)")
     g.add_argument("--scale-max", type=float, default=S, help="random scale maximum (paper: 2.0)")
     g.add_argument("--color-jitter", type=float, default=S, help="colour jitter strength (0: off)")
@@ -148,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
-    g.add_argument("--val-size", type=_pair, default=None, help="resize validation images to H,W (default: as they are)")
+    g.add_argument("--val-size", type=size_arg, default=None, help="resize validation images to H,W (default: as they are)")
     g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
@@ -301,14 +294,10 @@ def evaluate(model: nn.Module, dataset, device, args, rank: int = 0, world: int 
     bs = args.val_batch_size or (8 if args.dataset == "synthetic" else 1)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=bs,
                                          num_workers=args.workers, generator=torch.Generator())
-    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(args, device):
-            logits = net(images, batch["row_pos"].to(device)).logits
-        conf += confusion(logits.argmax(1), batch["mask"].to(device), NUM_CLASSES)
+    if indices:
+        conf = accumulate_confusion(net, loader, device, amp=args.amp, channels_last=args.channels_last)[0]
+    else:  # more processes than validation images
+        conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
     if world > 1:
         conf = conf.to(device)
         dist.all_reduce(conf)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "IGNORE_INDEX", "PALETTE", "label_to_train_lut", "colorize"]
+__all__ = ["CLASS_NAMES", "NUM_CLASSES", "IGNORE_INDEX", "PALETTE", "label_to_train_lut", "train_to_label_lut",
+           "colorize"]
 
 CLASS_NAMES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -56,6 +57,17 @@ def label_to_train_lut(source: str = "auto") -> np.ndarray:
     for label_id, train_id in _id_to_trainid_pairs(source):
         if 0 <= label_id < 256 and 0 <= train_id < NUM_CLASSES:
             lut[label_id] = train_id
+    return lut
+
+
+def train_to_label_lut(source: str = "auto") -> np.ndarray:
+    """A 256-entry uint8 lookup table trainId -> labelId, for writing predictions in the
+    Cityscapes benchmark's format; every other value (255 = ignore) maps to 0 ("unlabeled")."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for label_id, train_id in _id_to_trainid_pairs(source):
+        # Each trainId has exactly one labelId in the table; 0 <= label_id skips "license plate".
+        if 0 <= label_id < 256 and 0 <= train_id < NUM_CLASSES:
+            lut[train_id] = label_id
     return lut
 
 

@@ -1,5 +1,8 @@
-"""Figures: sample predictions (image | ground truth | prediction, Cityscapes colours) and the
-HANet attention maps (paper Fig. 5: per layer, channels x coarse rows)."""
+"""Figures: sample predictions (image | ground truth | prediction, Cityscapes colours), overlays,
+and the HANet attention maps (paper Fig. 5: per layer, channels x coarse rows).
+
+The data-set figures of the analysis (paper Fig. 1, 7, 10) are in :mod:`hanet_fast.analysis.figures`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hanet_fast.data.labels import colorize
+from hanet_fast.data.labels import NUM_CLASSES, colorize
 from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["denormalize", "prediction_grid", "overlay", "save_png", "pyplot", "seriate_channels",
+           "attention_figure"]
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
@@ -27,41 +33,99 @@ def prediction_grid(images, masks, preds) -> np.ndarray:
     return np.concatenate(rows, 0)
 
 
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the Cityscapes colours of ``mask`` (``[H, W]`` trainIds) over ``image`` (``[H, W, 3]``
+    uint8): ``(1 - alpha) * image + alpha * colours``; ignore pixels keep the image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
+    colours = colorize(mask).astype(np.float32)
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    keep = np.asarray(mask) >= NUM_CLASSES
+    blend[keep] = image[keep]
+    return blend.round().clip(0, 255).astype(np.uint8)
+
+
 def save_png(array: np.ndarray, path: str) -> None:
+    """Write a uint8 ``[H, W]`` or ``[H, W, 3]`` array as PNG."""
     Image.fromarray(array).save(path)
 
 
-def attention_figure(image: torch.Tensor, attention: dict[str, torch.Tensor], path: str) -> bool:
-    """Save the attention maps of one image (``attention[name]`` is ``[C, rows]``) with matplotlib;
-    False (nothing written) when matplotlib is not installed."""
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or None when matplotlib is
+    not installed."""
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def seriate_channels(attention: np.ndarray) -> np.ndarray:
+    """Channel order that groups channels by where they attend: ``[C, rows]`` -> the
+    permutation sorting channels by the row of their highest attention (top first), and
+    within a row by how much that peak stands out of the channel's mean (strongest first).
+    Paper Fig. 5 clusters channels "to better visualize"; grouping by peak row shows the same
+    height bands without a clustering dependency."""
+    a = np.asarray(attention, dtype=np.float64)
+    peak = a.argmax(1)
+    contrast = a.max(1) - a.mean(1)
+    return np.lexsort((-contrast, peak))
+
+
+def attention_figure(image: torch.Tensor | np.ndarray | None, attention: dict[str, torch.Tensor], path: str, *,
+                     seriate: bool = False, title: str | None = None) -> bool:
+    """Save paper Fig. 5 for one image: per HANet layer a heat map channel (x) by coarse row
+    (y, top row at the top) of the attention ``attention[name]`` (``[C, rows]``), the input
+    on the left (a normalised ``[3, H, W]`` tensor or a uint8 ``[H, W, 3]`` array; None: no
+    input panel) and each layer's mean over channels on the right.
+
+    Args:
+        seriate: reorder channels with :func:`seriate_channels` (as the paper clusters them),
+            except L5's, which are the classes and keep their order.
+        title: a figure title.
+
+    Returns:
+        False (nothing written) when matplotlib is not installed, else True.
+    """
+    plt = pyplot()
+    if plt is None:
         return False
-    n = len(attention)
-    fig, axes = plt.subplots(1, n + 2, figsize=(3.2 * (n + 2), 3.4), gridspec_kw={"width_ratios": [2] + [1] * (n + 1)})
-    axes[0].imshow(denormalize(image))
-    axes[0].set_title("input")
-    axes[0].axis("off")
-    for ax, (name, attn) in zip(axes[1:], attention.items()):
-        a = attn.detach().float().cpu().numpy()  # [C, rows]
+    maps = {name: attn.detach().float().cpu().numpy() if torch.is_tensor(attn) else np.asarray(attn, dtype=np.float32)
+            for name, attn in attention.items()}
+    ordered = {name: seriate and name != "L5" for name in maps}
+    maps = {name: a[seriate_channels(a)] if ordered[name] else a for name, a in maps.items()}
+    first = 1 if image is not None else 0
+    ratios = ([2] if image is not None else []) + [1] * (len(maps) + 1)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios), 3.6), gridspec_kw={"width_ratios": ratios},
+                             squeeze=False, constrained_layout=True)
+    axes = axes[0]
+    if image is not None:
+        axes[0].imshow(denormalize(image) if torch.is_tensor(image) else image)
+        axes[0].set_title("input")
+        axes[0].axis("off")
+    im = None
+    for ax, (name, a) in zip(axes[first:], maps.items()):
         im = ax.imshow(a.T, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"HANet {name}: {a.shape[0]} ch")
-        ax.set_xlabel("channel")
-        if ax is axes[1]:
+        ax.set_xlabel("class (trainId)" if name == "L5" else "channel" + (" (by height)" if ordered[name] else ""))
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        if ax is axes[first]:
             ax.set_ylabel("coarse row (top = 0)")
     ax = axes[-1]
-    for name, attn in attention.items():
-        a = attn.detach().float().cpu().numpy()
+    for name, a in maps.items():
         ax.plot(a.mean(0), np.arange(a.shape[1]), label=name)
     ax.invert_yaxis()
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title("mean over channels")
     ax.set_xlabel("attention")
-    ax.legend(fontsize=7)
-    if n:
-        fig.colorbar(im, ax=axes[1:-1], fraction=0.05)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    if maps:
+        ax.legend(fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[first:-1]), fraction=0.05)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=64)
     plt.close(fig)
     return True

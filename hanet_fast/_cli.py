@@ -1,0 +1,59 @@
+"""Small helpers shared by the command-line tools (``train``, ``evaluate``, ``infer``, ``analyze``)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` only for defaults worth reading (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type: ``HxW``, ``H,W`` or one number for a square -> ``(H, W)`` positive ints."""
+    try:
+        parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW, H,W or one size (positive integers), got {text!r}")
+    return parts[0], parts[1]
+
+
+def scales_arg(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated positive scales, e.g. ``0.5,1,2``."""
+    try:
+        scales = tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        scales = ()
+    if not scales or any(not s > 0 or s == float("inf") for s in scales):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers such as 0.5,1,2, got {text!r}")
+    return scales
+
+
+def resolve_device(text: str) -> torch.device:
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N``...; ValueError
+    naming the problem for an unknown or unavailable device."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise ValueError(f"--device {text!r} is not a device: {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text!r}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -1,0 +1,244 @@
+"""``python -m hanet_fast.infer``: segment images with a trained network.
+
+Inputs are image files and/or folders (searched recursively). For every image ``<dir>/<stem>.<ext>``
+it writes, under ``--out`` and mirroring the inputs' folder structure (paths relative to the
+inputs' common parent folder, so same-named files in different folders never collide):
+
+- ``<stem>_pred.png``: the prediction in the Cityscapes colours;
+- ``<stem>_overlay.png``: the colours blended over the image (``--alpha``);
+- ``<stem>_trainids.png`` / ``<stem>_labelids.png`` (``--save-trainids`` / ``--save-labelids``):
+  the raw 8-bit maps, trainIds 0-18 or Cityscapes labelIds (what the official evaluation reads);
+- ``<stem>_attention.npz`` and ``<stem>_attention.png`` (``--attention``): every HANet
+  layer's coarse attention ``[C, rows]`` and its paper Fig. 5-style plot.
+
+Two images of one folder with the same stem (``a.png``, ``a.jpg``) keep their extension in the
+stem (``a_png_pred.png``, ``a_jpg_pred.png``).
+
+Batches: ``--batch-size`` images of the same size go through the network together; images of
+different sizes are never padded into one batch, because HANet's width-wise pooling would
+average the padding into the attention and the row positions of the padded rows are
+meaningless. Images are grouped by size (the order within a size is kept). With ``--size``
+every image is resized to one size, so all batches are full; predictions are resized back
+(probabilities, bilinearly) to each image's own size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from tqdm import tqdm
+
+from hanet_fast._cli import HelpFormatter, resolve_device, scales_arg, size_arg
+from hanet_fast.data import DatasetError, label_to_train_lut, read_image
+from hanet_fast.data.datasets import IMAGE_EXTENSIONS
+from hanet_fast.data.labels import NUM_CLASSES, colorize
+from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hanet_fast.training.visualize import attention_figure, overlay, save_png
+
+__all__ = ["build_parser", "main", "find_images", "output_stems", "train_to_label_ids"]
+
+
+def find_images(inputs: list[str], exclude: str | None = None) -> list[str]:
+    """Absolute paths of the images named by ``inputs`` (files, or folders searched
+    recursively), sorted within each folder and without duplicates, in argument order.
+    Folder searches skip everything under ``exclude`` (the output folder, so that a second
+    run over the same folder does not segment the first run's outputs).
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: a file input is not an image, or no image was found at all.
+    """
+    found: list[str] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            skip = os.path.abspath(exclude) + os.sep if exclude else None
+            images = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
+                            if f.lower().endswith(IMAGE_EXTENSIONS)
+                            and not (skip and os.path.abspath(os.path.join(d, f)).startswith(skip)))
+            if not images:
+                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {item}")
+            found += images
+        elif os.path.isfile(item):
+            if not item.lower().endswith(IMAGE_EXTENSIONS):
+                raise ValueError(f"{item} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    unique = list(dict.fromkeys(os.path.abspath(p) for p in found))
+    if not unique:
+        raise ValueError("no images given")
+    return unique
+
+
+def output_stems(paths: list[str]) -> list[str]:
+    """Output path stems (relative, without suffix) for absolute image ``paths``: each path
+    relative to their common parent folder, without its extension; where two images of one
+    folder share a stem, the extension stays in it (``a.png`` -> ``a_png``)."""
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    stems = [os.path.splitext(os.path.relpath(p, root))[0] for p in paths]
+    counts: dict[str, int] = defaultdict(int)
+    for s in stems:
+        counts[s] += 1
+    return [s + "_" + os.path.splitext(p)[1].lstrip(".").lower() if counts[s] > 1 else s for s, p in zip(stems, paths)]
+
+
+def train_to_label_ids() -> np.ndarray:
+    """256-entry uint8 table trainId -> Cityscapes labelId (the smallest labelId of each
+    trainId; ignore and anything else -> 0, "unlabeled")."""
+    forward = label_to_train_lut()
+    table = np.zeros(256, dtype=np.uint8)
+    for train_id in range(NUM_CLASSES):
+        ids = np.nonzero(forward == train_id)[0]
+        if len(ids):
+            table[train_id] = ids[0]
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hanet_fast.infer",
+        description="Segment images with a trained DeepLabv3+/HANet network: colour predictions (Cityscapes "
+                    "palette) and overlays, optionally raw trainId/labelId maps and HANet attention maps.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+    p.add_argument("--out", default="predictions", help="output folder (mirrors the inputs' folder structure)")
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay, in [0, 1]")
+    p.add_argument("--save-trainids", action="store_true", help="also write <stem>_trainids.png (trainIds 0-18)")
+    p.add_argument("--save-labelids", action="store_true",
+                   help="also write <stem>_labelids.png (Cityscapes labelIds, for the official evaluation scripts)")
+    p.add_argument("--attention", action="store_true",
+                   help="also write <stem>_attention.npz (each HANet layer's [C, rows] attention) and its plot "
+                        "<stem>_attention.png (paper Fig. 5)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass; only same-size images share a batch (no padding)")
+    p.add_argument("--size", type=size_arg, default=None,
+                   help="resize every image to HxW for the network (outputs keep each image's size; default: "
+                        "each image as it is)")
+    p.add_argument("--scales", type=scales_arg, default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
+    p.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
+    p.add_argument("--window", type=size_arg, default=None,
+                   help="sliding-window inference with HxW windows (default: the whole image at once)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="with --window: fraction of a window shared by neighbouring windows, in [0, 1) (default: 1/3)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="autocast dtype on the device")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0.0 <= args.alpha <= 1.0:
+        p.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.overlap is None:
+        args.overlap = 1 / 3
+    elif not 0.0 <= args.overlap < 1.0:
+        p.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.threads < 0:
+        p.error(f"--threads must be >= 0, got {args.threads}")
+
+
+def _normalise(image: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+    if size is not None and image.shape[:2] != tuple(size):
+        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(H, W) from the file header, without decoding; DatasetError naming an unreadable file."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError
+        raise DatasetError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def _batches(paths: list[str], size: tuple[int, int] | None, batch_size: int) -> list[list[int]]:
+    """Indices of ``paths`` in batches of at most ``batch_size`` same-size images."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        groups[tuple(size) if size else _image_size(path)].append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run inference; returns the output stems written (relative to ``--out``)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+        paths = find_images(args.inputs, exclude=args.out)
+        stems = output_stems(paths)
+        batches = _batches(paths, args.size, args.batch_size)
+        from hanet_fast.inference import load_model, predict
+
+        model, info = load_model(args.checkpoint, device=device)
+        if args.attention and not model.hanet_modules:
+            raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
+        to_label = train_to_label_ids() if args.save_labelids else None
+        with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
+                  disable=args.no_progress) as progress:
+            for batch in batches:
+                originals = [read_image(paths[i]) for i in batch]
+                images = torch.stack([_normalise(im, args.size) for im in originals]).to(device)
+                probs = predict(model, images, scales=args.scales, flip=args.flip, window=args.window,
+                                overlap=args.overlap, amp=args.amp)
+                attention = _attention(model, images, args.amp) if args.attention else None
+                for k, (i, original) in enumerate(zip(batch, originals)):
+                    maps = {name: a[k] for name, a in attention.items()} if attention is not None else None
+                    _save(os.path.join(args.out, stems[i]), paths[i], original, probs[k:k + 1], maps, args, to_label)
+                progress.update(len(batch))
+    except (DatasetError, FileNotFoundError, ValueError) as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    print(f"wrote {len(paths)} prediction(s) to {args.out}")
+    return stems
+
+
+def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attention: dict[str, np.ndarray] | None,
+          args: argparse.Namespace, to_label: np.ndarray | None) -> None:
+    """Write one image's outputs ``<base>_*.png`` from its ``[1, classes, h, w]`` probabilities."""
+    if prob.shape[2:] != original.shape[:2]:
+        prob = F.interpolate(prob, size=original.shape[:2], mode="bilinear", align_corners=False)
+    pred = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    save_png(colorize(pred), base + "_pred.png")
+    save_png(overlay(original, pred, args.alpha), base + "_overlay.png")
+    if args.save_trainids:
+        save_png(pred, base + "_trainids.png")
+    if to_label is not None:
+        save_png(to_label[pred], base + "_labelids.png")
+    if attention is not None:
+        np.savez_compressed(base + "_attention.npz", **attention)
+        attention_figure(original, attention, base + "_attention.png", seriate=True, title=os.path.basename(path))
+
+
+@torch.no_grad()
+def _attention(model, images: torch.Tensor, amp: str) -> dict[str, np.ndarray]:
+    """Every HANet layer's coarse attention ``[B, C, rows]`` for full images at the network's input size."""
+    ctx = nullcontext() if amp == "off" else torch.autocast(
+        images.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    with ctx:
+        out = model(images, return_attention=True)
+    return {name: a.float().cpu().numpy() for name, a in out.attention.items()}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Loading trained networks and segmenting images with test-time augmentation (paper Table 4).
+
+```python
+from hanet_fast.inference import load_model, predict
+model, info = load_model("runs/20260101-120000", device="cuda")      # ours, or an official .pth
+probs = predict(model, images, scales=(0.5, 1.0, 2.0), flip=True)    # [B, 19, H, W] probabilities
+labels = probs.argmax(1)
+```
+
+Row positions. HANet's positional encoding needs each image row's vertical position in the full
+image, as a fraction of its height (``row_pos``, see :mod:`hanet_fast.data.transforms`).
+:func:`predict` keeps them consistent with what the network sees: a rescaled image gets its
+positions resampled at the rescaled rows (row ``i`` of an ``H' = s * H`` image starts at source
+row ``i * H / H'``, and its position is ``row_pos`` linearly interpolated there, so a full image
+stays ``arange(H') / H'`` and a crop ``(top + r) / H_full`` stays the same fractions); a sliding
+window gets its slice of the rescaled positions; a flip leaves rows, and so positions, alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from hanet_fast.models import DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, load_official_checkpoint
+from hanet_fast.training import checkpoint as ckpt_io
+
+__all__ = ["AMP_MODES", "load_model", "predict", "resample_row_pos", "window_starts"]
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def _config_from_dict(cfg: dict) -> DeepLabConfig:
+    """A :class:`DeepLabConfig` from its ``dataclasses.asdict`` form (as checkpoints store it)."""
+    hanet = tuple(None if h is None else HANetConfig(**h) for h in cfg["hanet"])
+    return DeepLabConfig(backbone=cfg["backbone"], output_stride=int(cfg["output_stride"]),
+                         num_classes=int(cfg["num_classes"]), hanet=hanet, aux=bool(cfg["aux"]))
+
+
+def _is_ours(obj: object) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("model"), dict) and isinstance(obj.get("model_config"), dict)
+
+
+def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "cpu", backbone: str | None = None,
+               output_stride: int | None = None) -> tuple[DeepLabV3PlusHANet, dict]:
+    """Load a trained network for inference.
+
+    Args:
+        checkpoint: our checkpoint (``checkpoint.pt`` written by ``python -m hanet_fast.train``, or
+            its run folder), or an official HANet checkpoint (detected automatically: anything
+            without our ``"model"`` / ``"model_config"`` entries; built with
+            :func:`hanet_fast.models.load_official_checkpoint`).
+        device: where to put the network.
+        backbone: official checkpoints: passed on (overrides the backbone inferred from the
+            weights). Ours: must agree with the checkpoint's if given.
+        output_stride: official checkpoints: passed on (needed when the file has no saved
+            command line). Ours: evaluate at this output stride instead of the trained one (the
+            weights fit any stride; only dilations change).
+
+    Returns:
+        ``(model, info)``: the network in eval mode on ``device``, and a dict with ``"source"``
+        (``"hanet_fast"`` or ``"official"``), ``"config"`` (the :class:`DeepLabConfig`),
+        ``"train_args"`` (the training run's settings; ``{}`` for official checkpoints),
+        ``"iteration"`` (None when unknown) and ``"path"`` (the file read).
+
+    Raises:
+        FileNotFoundError: no such file (or no ``checkpoint.pt`` in the folder).
+        ValueError: ``backbone`` contradicts our checkpoint, or ``output_stride`` is invalid.
+        hanet_fast.models.OfficialCheckpointError: a file that is neither ours nor a loadable
+            official checkpoint.
+    """
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"hanet_fast.inference: checkpoint not found: {path}")
+    try:
+        obj = ckpt_io.load(path)
+    except pickle.UnpicklingError:
+        # Official snapshots hold numpy scalars, which only the official loader allows.
+        obj = None
+    if obj is not None and _is_ours(obj):
+        config = _config_from_dict(obj["model_config"])
+        if backbone is not None and backbone != config.backbone:
+            raise ValueError(f"hanet_fast.inference: backbone={backbone!r} but the checkpoint {path} was trained "
+                             f"with {config.backbone!r}; leave backbone out for our checkpoints")
+        if output_stride is not None and output_stride != config.output_stride:
+            config = DeepLabConfig(config.backbone, int(output_stride), config.num_classes, config.hanet, config.aux)
+        model = DeepLabV3PlusHANet.from_config(config)
+        model.load_state_dict(obj["model"])
+        info = {"source": "hanet_fast", "config": config, "train_args": dict(obj.get("args") or {}),
+                "iteration": obj.get("iteration"), "path": path}
+    else:
+        model = load_official_checkpoint(path if obj is None else obj, backbone=backbone, output_stride=output_stride)
+        info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path}
+    return model.to(device).eval(), info
+
+
+def resample_row_pos(row_pos: torch.Tensor, height: int) -> torch.Tensor:
+    """Row positions ``[B, H]`` of an image resized to ``height`` rows: ``[B, height]``.
+
+    Row ``i`` of the resized image starts at source row ``y = i * H / height``; its position is
+    ``row_pos`` linearly interpolated at ``y`` (extrapolated past the last row with the last
+    step), so affine positions such as a full image's ``arange(H) / H`` or a crop's
+    ``(top + arange(H)) / H_full`` map exactly to the same fractions at the new resolution.
+    """
+    h = row_pos.shape[1]
+    if h == height:
+        return row_pos
+    pos = row_pos.double()
+    y = torch.arange(height, dtype=torch.float64, device=row_pos.device) * (h / height)
+    lo = y.floor().long().clamp_(max=h - 1)
+    step = pos[:, 1:] - pos[:, :-1] if h > 1 else torch.zeros_like(pos)
+    # Past the last row the last step continues the sequence.
+    step = torch.cat([step, step[:, -1:]], dim=1) if h > 1 else step
+    return (pos[:, lo] + (y - lo)[None] * step[:, lo]).to(row_pos.dtype)
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Offsets of sliding windows of ``window`` pixels covering ``size`` pixels with at least
+    ``overlap`` (a fraction of the window) between neighbours; the last window ends at the edge.
+    One window at 0 when ``size <= window``."""
+    if size <= window:
+        return [0]
+    stride = max(1, int(math.floor(window * (1 - overlap))))
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def _check_predict_args(images, row_pos, scales, window, overlap, amp) -> tuple[tuple[float, ...], tuple[int, int] | None]:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"hanet_fast.inference: images must be a [B, 3, H, W] tensor, got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"hanet_fast.inference: images must be floating point (normalised), got {images.dtype}")
+    if row_pos is not None:
+        if not isinstance(row_pos, torch.Tensor) or tuple(row_pos.shape) != (images.shape[0], images.shape[2]):
+            shape = tuple(row_pos.shape) if isinstance(row_pos, torch.Tensor) else type(row_pos).__name__
+            raise ValueError(f"hanet_fast.inference: row_pos must be a [B, H] = {[images.shape[0], images.shape[2]]} "
+                             f"tensor, got {shape}")
+        if not row_pos.is_floating_point():
+            raise TypeError(f"hanet_fast.inference: row_pos must be floating point, got {row_pos.dtype}")
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
+        raise ValueError(f"hanet_fast.inference: scales must be a non-empty sequence of positive numbers, got {scales!r}")
+    try:
+        scales = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"hanet_fast.inference: scales must be positive numbers, got {scales!r}") from None
+    if any(not math.isfinite(s) or s <= 0 for s in scales):
+        raise ValueError(f"hanet_fast.inference: scales must be positive finite numbers, got {scales!r}")
+    if window is not None:
+        if (isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in window)):
+            raise ValueError(f"hanet_fast.inference: window must be (height, width) positive ints or None, got {window!r}")
+        window = (int(window[0]), int(window[1]))
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise ValueError(f"hanet_fast.inference: overlap must be a number in [0, 1), got {overlap!r}")
+    if amp not in AMP_MODES:
+        raise ValueError(f"hanet_fast.inference: amp must be one of {AMP_MODES}, got {amp!r}")
+    return scales, window
+
+
+def _logits(model, images: torch.Tensor, row_pos: torch.Tensor, amp: str) -> torch.Tensor:
+    ctx = nullcontext() if amp == "off" else torch.autocast(
+        images.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    with ctx:
+        out = model(images, row_pos)
+    return (out.logits if hasattr(out, "logits") else out).float()
+
+
+def _probs_windowed(model, images, row_pos, window, overlap, amp) -> torch.Tensor:
+    """Softmax of ``images`` ([B, 3, h, w]) by sliding windows, averaged where they overlap."""
+    b, _, h, w = images.shape
+    wh, ww = window
+    ph, pw = max(wh - h, 0), max(ww - w, 0)
+    if ph or pw:
+        # Like the training crops: zeros (the mean colour after normalisation), edge positions.
+        images = F.pad(images, (0, pw, 0, ph))
+        row_pos = F.pad(row_pos[:, None], (0, ph), mode="replicate")[:, 0]
+    total = count = None
+    for top in window_starts(h + ph, wh, overlap):
+        for left in window_starts(w + pw, ww, overlap):
+            crop = images[:, :, top:top + wh, left:left + ww]
+            p = _logits(model, crop, row_pos[:, top:top + wh], amp).softmax(1)
+            if total is None:
+                total = images.new_zeros((b, p.shape[1], h + ph, w + pw), dtype=torch.float32)
+                count = images.new_zeros((1, 1, h + ph, w + pw), dtype=torch.float32)
+            total[:, :, top:top + wh, left:left + ww] += p
+            count[:, :, top:top + wh, left:left + ww] += 1
+    return (total / count)[:, :, :h, :w]
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, row_pos: torch.Tensor | None = None, *, scales: Sequence[float] = (1.0,),
+            flip: bool = False, window: tuple[int, int] | None = None, overlap: float = 1 / 3,
+            amp: str = "off") -> torch.Tensor:
+    """Class probabilities of ``images`` with optional multi-scale, flip and sliding-window inference.
+
+    Args:
+        model: a :class:`~hanet_fast.models.DeepLabV3PlusHANet` (or any module called as
+            ``model(images, row_pos)`` that returns logits or an object with ``.logits``), in
+            eval mode, on the images' device.
+        images: ``[B, 3, H, W]`` normalised float images.
+        row_pos: ``[B, H]`` each row's position as a fraction of the full image height; None:
+            the images are full images (``arange(H) / H``).
+        scales: image scales; each scaled image is ``round(s * H) x round(s * W)`` (at least 1),
+            its probabilities resized back to ``H x W`` bilinearly.
+        flip: also segment the horizontally flipped images (and flip their result back).
+        window: ``(height, width)`` of a sliding window run over each scaled image; images
+            smaller than the window are zero-padded to it. None: the whole image at once.
+        overlap: fraction of the window shared by neighbouring windows, in ``[0, 1)``.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` autocast.
+
+    Returns:
+        ``[B, num_classes, H, W]`` float32 probabilities: the softmax averaged over scales and
+        flips (and, with ``window``, over the windows covering each pixel).
+    """
+    scales, window = _check_predict_args(images, row_pos, scales, window, overlap, amp)
+    b, _, h, w = images.shape
+    if row_pos is None:
+        row_pos = (torch.arange(h, device=images.device, dtype=torch.float32) / h).expand(b, h)
+    row_pos = row_pos.to(images.device, torch.float32)
+    total = None
+    views = 0
+    for s in scales:
+        sh, sw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        x = images if (sh, sw) == (h, w) else F.interpolate(images, size=(sh, sw), mode="bilinear", align_corners=False)
+        pos = resample_row_pos(row_pos, sh)
+        for flipped in (False, True) if flip else (False,):
+            xin = x.flip(3) if flipped else x
+            if window is None:
+                p = _logits(model, xin, pos, amp).softmax(1)
+            else:
+                p = _probs_windowed(model, xin, pos, window, overlap, amp)
+            if flipped:
+                p = p.flip(3)
+            if (sh, sw) != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            total = p if total is None else total + p
+            views += 1
+    return total / views
