@@ -133,7 +133,7 @@ def chart(name: str, result: dict, path: str, title: str) -> bool:
                 got = [(i, e["variants"][variant]) for i, e in enumerate(entries) if variant in e["variants"]]
                 x = [i + k * 0.8 / len(variants) for i, _ in got]
                 ax.bar(x, [r["overhead_pct"] for _, r in got], 0.8 / len(variants), label=variant)
-                # The IQR of the per-round overheads; it need not contain the ratio of the medians.
+                # The IQR of the per-round overheads around their median.
                 ax.vlines(x, [r["overhead_q1_pct"] for _, r in got], [r["overhead_q3_pct"] for _, r in got],
                           color="black", linewidth=1.5)
             ax.axhline(0, color="black", linewidth=0.8)

@@ -98,8 +98,8 @@ def device_section(folder: str, run: dict) -> list[str]:
         if suites.get(name, {}).get("rows"):
             unit = "forward+loss+backward+SGD step" if name == "train-step" else "eval-mode forward, no_grad"
             peak = "" if m["device"].startswith("cuda") else "; peak memory is measured on GPUs only"
-            lines += ["", f"**{label}** ({unit}; HANet overhead = variant / no-HANet median - 1, "
-                          f"IQR of the per-round ratios{peak}):", "", report.summary_markdown(name, suites[name]["rows"])]
+            lines += ["", f"**{label}** ({unit}; HANet overhead = median [IQR] of the "
+                          f"per-round variant / no-HANet - 1{peak}):", "", report.summary_markdown(name, suites[name]["rows"])]
     ops = ops_table(suites)
     if ops:
         lines += ["", "**Ops and HANet module**, forward+backward, speedup = reference ms / backend ms:", "", *ops]

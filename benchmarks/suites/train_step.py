@@ -2,9 +2,8 @@
 auxiliary head, backward, SGD step) without HANet, with HANet L1-L4 on the fused kernels, and
 on the reference backend, interleaved, for each backbone, output stride and precision.
 
-The HANet overhead of a variant is ``(variant_ms / none_ms - 1) * 100`` from the medians of
-the same run; its spread is the quartiles of the per-round ratios (see
-:func:`benchmarks.common.paired_overhead`).
+The HANet overhead of a variant is the median of the per-round ``(variant_ms / none_ms - 1) *
+100`` of the same run, its spread their quartiles (see :func:`benchmarks.common.paired_overhead`).
 """
 
 from __future__ import annotations
