@@ -379,3 +379,28 @@ def test_max_pool_ties_and_signed_zeros_pick_the_first(backend, device, memory_f
         assert torch.equal(z, z_ref) and torch.equal(z.signbit(), z_ref.signbit())
         grad = torch.arange(1.0, 2 * rows + 1, device=device).view(1, 2, rows)
         assert torch.equal(grads(z, x, grad)[0], grads(z_ref, x, grad)[0])
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_max_pool_argmax_in_wide_rows(backend, device, memory_format):
+    """Rows wider than the CPU kernel's search chunks: the first maximum (ties, signed zeros,
+    -inf rows) and the last NaN are found past the first chunk, as adaptive_max_pool2d finds them."""
+    require_backend(backend, device)
+    W = 53
+    x = torch.randn(1, 6, 2, W, generator=torch.Generator().manual_seed(3)).clamp(max=4.0)
+    x[0, 0, 0, 20] = x[0, 0, 0, 33] = x[0, 0, 1, 47] = 9.0  # tied maxima in different chunks
+    x[0, 1] = -torch.rand(2, W) - 1
+    x[0, 1, 0, 37] = -0.0
+    x[0, 1, 1, 36] = 0.0  # +0 after -0 in one bin: -0 was first
+    x[0, 1, 0, 38] = 0.0
+    x[0, 2] = float("-inf")  # all -inf: the first position
+    x[0, 3, 0, 18] = x[0, 3, 1, 50] = float("nan")  # the later NaN wins
+    x[0, 4, :, W - 1] = 8.0  # the maximum in the tail after the last full chunk
+    x = x.to(device).contiguous(memory_format=memory_format)
+    for rows in (1, 2):
+        z, indices = max_pool_op(backend)(x, rows)
+        z_ref, ref_indices = torch.nn.functional.adaptive_max_pool2d(x, (rows, 1), return_indices=True)
+        torch.testing.assert_close(z, z_ref.squeeze(-1), equal_nan=True, atol=0, rtol=0)
+        assert torch.equal(z.signbit(), z_ref.squeeze(-1).signbit())
+        assert torch.equal(indices, ref_indices.squeeze(-1))
