@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg"]
+__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,6 +41,17 @@ def scales_arg(text: str) -> tuple[float, ...]:
     if not scales or any(not s > 0 or s == float("inf") for s in scales):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers such as 0.5,1,2, got {text!r}")
     return scales
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
+               check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]) -> argparse.Namespace:
+    """Parse ``argv``, run the tool's ``check(parser, args)`` (which calls ``parser.error``) and
+    apply ``--threads`` (0: torch's default)."""
+    args = parser.parse_args(argv)
+    check(parser, args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def resolve_device(text: str) -> torch.device:

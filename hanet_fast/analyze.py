@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from hanet_fast._cli import HelpFormatter, resolve_device, size_arg
+from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, size_arg
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform, ImageFolder,
@@ -200,10 +200,7 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict) -> 
 def main(argv: list[str] | None = None) -> dict:
     """Run the analysis; returns the numbers written to ``statistics.json``."""
     p = build_parser()
-    args = p.parse_args(argv)
-    _check_args(p, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv, _check_args)
     try:
         labels, images = _datasets(args)
         os.makedirs(args.out, exist_ok=True)

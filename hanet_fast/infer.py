@@ -28,7 +28,6 @@ import argparse
 import os
 import sys
 from collections import defaultdict
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -37,14 +36,15 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
-from hanet_fast._cli import HelpFormatter, resolve_device, scales_arg, size_arg
-from hanet_fast.data import DatasetError, label_to_train_lut, read_image
+from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, scales_arg, size_arg
+from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
-from hanet_fast.data.labels import NUM_CLASSES, colorize
+from hanet_fast.data.labels import colorize, train_to_label_lut
 from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hanet_fast.inference import amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, save_png
 
-__all__ = ["build_parser", "main", "find_images", "output_stems", "train_to_label_ids"]
+__all__ = ["build_parser", "main", "find_images", "output_stems"]
 
 
 def find_images(inputs: list[str], exclude: str | None = None) -> list[str]:
@@ -89,18 +89,6 @@ def output_stems(paths: list[str]) -> list[str]:
     for s in stems:
         counts[s] += 1
     return [s + "_" + os.path.splitext(p)[1].lstrip(".").lower() if counts[s] > 1 else s for s, p in zip(stems, paths)]
-
-
-def train_to_label_ids() -> np.ndarray:
-    """256-entry uint8 table trainId -> Cityscapes labelId (the smallest labelId of each
-    trainId; ignore and anything else -> 0, "unlabeled")."""
-    forward = label_to_train_lut()
-    table = np.zeros(256, dtype=np.uint8)
-    for train_id in range(NUM_CLASSES):
-        ids = np.nonzero(forward == train_id)[0]
-        if len(ids):
-            table[train_id] = ids[0]
-    return table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,21 +167,16 @@ def _batches(paths: list[str], size: tuple[int, int] | None, batch_size: int) ->
 def main(argv: list[str] | None = None) -> list[str]:
     """Run inference; returns the output stems written (relative to ``--out``)."""
     p = build_parser()
-    args = p.parse_args(argv)
-    _check_args(p, args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv, _check_args)
     try:
         device = resolve_device(args.device)
         paths = find_images(args.inputs, exclude=args.out)
         stems = output_stems(paths)
         batches = _batches(paths, args.size, args.batch_size)
-        from hanet_fast.inference import load_model, predict
-
         model, info = load_model(args.checkpoint, device=device)
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
-        to_label = train_to_label_ids() if args.save_labelids else None
+        to_label = train_to_label_lut() if args.save_labelids else None
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:
             for batch in batches:
@@ -233,9 +216,7 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
 @torch.no_grad()
 def _attention(model, images: torch.Tensor, amp: str) -> dict[str, np.ndarray]:
     """Every HANet layer's coarse attention ``[B, C, rows]`` for full images at the network's input size."""
-    ctx = nullcontext() if amp == "off" else torch.autocast(
-        images.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-    with ctx:
+    with amp_context(amp, images.device):
         out = model(images, return_attention=True)
     return {name: a.float().cpu().numpy() for name, a in out.attention.items()}
 

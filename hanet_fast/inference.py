@@ -167,10 +167,17 @@ def _check_predict_args(images, row_pos, scales, window, overlap, amp) -> tuple[
     return scales, window
 
 
+def amp_context(amp: str, device: torch.device):
+    """The autocast context of an ``amp`` setting (``"off"``, ``"bf16"``, ``"fp16"``) on ``device``."""
+    if amp not in AMP_MODES:
+        raise ValueError(f"hanet_fast.inference: amp must be one of {AMP_MODES}, got {amp!r}")
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def _logits(model, images: torch.Tensor, row_pos: torch.Tensor, amp: str) -> torch.Tensor:
-    ctx = nullcontext() if amp == "off" else torch.autocast(
-        images.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-    with ctx:
+    with amp_context(amp, images.device):
         out = model(images, row_pos)
     return (out.logits if hasattr(out, "logits") else out).float()
 

@@ -46,7 +46,6 @@ import os
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -56,6 +55,7 @@ from hanet_fast._cli import size_arg
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, EvalTransform, SyntheticUrbanScenes,
                              TrainSampler, TrainTransform, class_centroids)
 from hanet_fast.evaluate import accumulate_confusion
+from hanet_fast.inference import amp_context
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.losses import segmentation_loss
@@ -307,9 +307,7 @@ def evaluate(model: nn.Module, dataset, device, args, rank: int = 0, world: int 
 
 
 def _autocast(args, device):
-    if args.amp == "off":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16)
+    return amp_context(args.amp, device)
 
 
 @torch.no_grad()

@@ -6,8 +6,9 @@ import pytest
 from PIL import Image
 from tiny_model import save_tiny_checkpoint
 
-from hanet_fast.data import PALETTE, generate_scene, label_to_train_lut
-from hanet_fast.infer import _batches, build_parser, find_images, main, output_stems, train_to_label_ids
+from hanet_fast.data import PALETTE, generate_scene
+from hanet_fast.data.labels import train_to_label_lut
+from hanet_fast.infer import _batches, build_parser, find_images, main, output_stems
 from hanet_fast.training.visualize import overlay
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,13 +51,6 @@ def test_batches_hold_same_size_images_only(image_tree):
     assert [len(b) for b in _batches(paths, (16, 32), 3)] == [3, 1]  # one size after --size
 
 
-def test_label_ids_invert_the_train_id_mapping():
-    table = train_to_label_ids()
-    lut = label_to_train_lut()
-    assert [lut[table[t]] for t in range(19)] == list(range(19))
-    assert table[13] == 26 and table[0] == 7  # car, road
-
-
 def _read(path):
     with Image.open(path) as im:
         assert im.format == "PNG"
@@ -68,7 +62,7 @@ def test_cli_writes_every_output(image_tree, tmp_path, tiny_checkpoint, capsys):
     stems = main([str(image_tree), "--checkpoint", tiny_checkpoint, "--out", str(out), "--batch-size", "2",
                   "--save-trainids", "--save-labelids", "--attention", "--alpha", "0.4", "--no-progress"])
     assert "wrote 4 prediction(s)" in capsys.readouterr().out
-    to_label = train_to_label_ids()
+    to_label = train_to_label_lut()
     paths = find_images([str(image_tree)])
     assert stems == output_stems(paths)
     for src, stem in zip(paths, stems):
