@@ -167,3 +167,23 @@ def test_readme_from_a_gpu_run(smoke, tmp_path):
 def test_readme_needs_its_markers():
     with pytest.raises(SystemExit, match="perf:begin"):
         perf_readme.render("# no markers\n", "x\n")
+
+
+def test_low_precision_checks_are_relative_to_the_references_own_error():
+    """In bf16 a backend is held to the float64 oracle tensor by tensor, allowed the reference's
+    own error on each tensor (x1.5) or the tolerance; a gradient that is zero in exact arithmetic
+    is skipped, and fp32 keeps its absolute tolerance."""
+    import torch
+
+    from benchmarks.suites.ops import check_passes, tensor_errors
+
+    exact = (torch.tensor([4.0, -2.0], dtype=torch.float64), torch.full((3,), 1e-16, dtype=torch.float64))
+    noisy = (torch.tensor([4.0, -2.125], dtype=torch.bfloat16), torch.tensor([0.5, -0.5, 0.0], dtype=torch.bfloat16))
+    errors = tensor_errors(noisy, exact)
+    assert errors == [0.125 / 4, 0.0]
+    bf16 = torch.bfloat16
+    assert check_passes([0.04, 0.0], [0.03, 0.0], bf16)  # within 1.5x the reference's error
+    assert not check_passes([0.05, 0.0], [0.03, 0.0], bf16)
+    assert check_passes([0.015], [0.0], bf16)  # the tolerance (2e-2) when the reference is exact
+    assert not check_passes([0.03, 0.001], [0.001, 0.03], bf16)  # per tensor, not the worst of each
+    assert not check_passes([2e-4], None, torch.float32) and check_passes([5e-5], None, torch.float32)
