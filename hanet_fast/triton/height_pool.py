@@ -49,8 +49,10 @@ from hanet_fast.triton._common import (
 
 # ============================================================================= forward
 @triton.jit
-def _pool_program(pid, C, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
-    """(b, channels, bins, channel mask, bin mask) of program pid (all int64)."""
+def _pool_program(pid, C, H, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    """What program ``pid`` pools (all int64): its batch ``b``, channels ``cs`` and bins ``rs``
+    with their masks, each bin's rows ``[starts, ends)``, and ``[h_lo, h_hi)``, the rows all
+    of its bins cover."""
     n_rb = tl.cdiv(R, BLOCK_R)
     n_cb = tl.cdiv(C, BLOCK_C)
     rb = pid % n_rb
@@ -58,7 +60,10 @@ def _pool_program(pid, C, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
     b = pid // (n_rb * n_cb)
     cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     rs = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    return b, cs, rs, cs < C, rs < R
+    r_first = rb * BLOCK_R
+    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
+    return (b, cs, rs, cs < C, rs < R, bin_start(rs, R, H), bin_end(rs, R, H), bin_start(r_first, R, H),
+            bin_end(r_last, R, H))
 
 
 @triton.jit
@@ -70,13 +75,7 @@ def _pool_avg_kernel(
 ):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    b, cs, rs, c_mask, r_mask = _pool_program(pid, C, R, BLOCK_C, BLOCK_R)
-    starts = bin_start(rs, R, H)
-    ends = bin_end(rs, R, H)
-    r_first = (pid % tl.cdiv(R, BLOCK_R)) * BLOCK_R
-    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
-    h_lo = bin_start(r_first, R, H)
-    h_hi = bin_end(r_last, R, H)
+    b, cs, rs, c_mask, r_mask, starts, ends, h_lo, h_hi = _pool_program(pid, C, H, R, BLOCK_C, BLOCK_R)
 
     row_base = x_ptr + b * sxb + cs[:, None] * sxc  # [BLOCK_C, 1]
     w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
@@ -107,13 +106,7 @@ def _pool_max_kernel(
 ):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    b, cs, rs, c_mask, r_mask = _pool_program(pid, C, R, BLOCK_C, BLOCK_R)
-    starts = bin_start(rs, R, H)
-    ends = bin_end(rs, R, H)
-    r_first = (pid % tl.cdiv(R, BLOCK_R)) * BLOCK_R
-    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
-    h_lo = bin_start(r_first, R, H)
-    h_hi = bin_end(r_last, R, H)
+    b, cs, rs, c_mask, r_mask, starts, ends, h_lo, h_hi = _pool_program(pid, C, H, R, BLOCK_C, BLOCK_R)
 
     row_base = x_ptr + b * sxb + cs[:, None] * sxc
     w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
