@@ -136,6 +136,42 @@ struct PixelTiling {   // NHWC, see the top of this file
   int64_t seg_len;     // columns per segment
 };
 
+// The part of the rows that work item `item` of a RowTiling covers: elements [begin, end) of `row`.
+template <typename index_t>
+struct RowPiece {
+  index_t row;
+  int64_t begin, end;
+};
+template <typename index_t>
+HANET_HOST_DEVICE RowPiece<index_t> row_piece(const RowTiling& t, int64_t item) {
+  const index_t id = static_cast<index_t>(item);
+  const index_t row = id / static_cast<index_t>(t.segments);
+  const int64_t begin = static_cast<int64_t>(id - row * static_cast<index_t>(t.segments)) * t.seg_len;
+  return {row, begin, min64(t.width, begin + t.seg_len)};
+}
+
+// Work items of a PixelTiling with vectors of `vec` channels, and the part item `i` covers:
+// channels [c, c + vec) of columns [w0, w1) (segment `seg`) of `pixel_row`. Channels are the
+// fastest index, so neighbouring threads read neighbouring memory.
+HANET_HOST_DEVICE int64_t pixel_items(const PixelTiling& t, int vec) {
+  return t.pixel_rows * t.segments * (t.channels / vec);
+}
+template <typename index_t>
+struct PixelPiece {
+  index_t pixel_row, seg, c;
+  int64_t w0, w1;
+};
+template <typename index_t, int V>
+HANET_HOST_DEVICE PixelPiece<index_t> pixel_piece(const PixelTiling& t, int64_t i) {
+  const index_t channel_vecs = static_cast<index_t>(t.channels / V);
+  const index_t segments = static_cast<index_t>(t.segments);
+  const index_t id = static_cast<index_t>(i);
+  const index_t rest = id / channel_vecs;
+  const index_t seg = rest % segments;
+  const int64_t w0 = static_cast<int64_t>(seg) * t.seg_len;
+  return {rest / segments, seg, (id % channel_vecs) * V, w0, min64(t.width, w0 + t.seg_len)};
+}
+
 // Where a small per-row workspace keeps the value of (b, c, h, segment).
 struct RowLayout {
   int64_t b_stride, c_stride, h_stride, s_stride, segments;

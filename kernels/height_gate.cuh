@@ -39,10 +39,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t base = g.first; base < items; base += g.step) {
     const int64_t item = base + g.group_in_warp;
     if (item >= items) continue;  // no shuffles in this kernel
-    const index_t id = static_cast<index_t>(item);
-    const index_t row = id / static_cast<index_t>(t.segments);
-    const int64_t begin = static_cast<int64_t>(id - row * static_cast<index_t>(t.segments)) * t.seg_len;
-    const int64_t end = min64(t.width, begin + t.seg_len);
+    const RowPiece<index_t> piece = row_piece<index_t>(t, item);
+    const index_t row = piece.row;
+    const int64_t begin = piece.begin, end = piece.end;
     const index_t plane = row / static_cast<index_t>(H);
     const index_t h = row - plane * static_cast<index_t>(H);
     const acc_t a = upsampled<scalar_t, acc_t>(attn + static_cast<int64_t>(plane) * R, h, R, H);
@@ -64,15 +63,10 @@ template <typename scalar_t, typename acc_t, typename index_t, int V>
 __global__ void __launch_bounds__(kThreads)
     forward_nhwc_kernel(scalar_t* __restrict__ y, const scalar_t* __restrict__ x, const scalar_t* __restrict__ attn,
                         PixelTiling t, int64_t H, int64_t R) {
-  const index_t channel_vecs = static_cast<index_t>(t.channels / V);
-  const index_t segments = static_cast<index_t>(t.segments);
-  const int64_t n = t.pixel_rows * t.segments * channel_vecs;
+  const int64_t n = pixel_items(t, V);
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const index_t id = static_cast<index_t>(i);
-    const index_t c = (id % channel_vecs) * V;
-    const index_t rest = id / channel_vecs;
-    const index_t seg = rest % segments;
-    const index_t pixel_row = rest / segments;
+    const PixelPiece<index_t> piece = pixel_piece<index_t, V>(t, i);
+    const index_t c = piece.c, pixel_row = piece.pixel_row;
     const index_t b = pixel_row / static_cast<index_t>(H);
     const index_t h = pixel_row - b * static_cast<index_t>(H);
     const LinearTaps<acc_t> taps = linear_taps<acc_t>(h, R, H);
@@ -82,8 +76,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < V; ++k) {
       a[k] = taps.w_lo * static_cast<acc_t>(attn_c[k * R + taps.lo]) + taps.w_hi * static_cast<acc_t>(attn_c[k * R + taps.hi]);
     }
-    const int64_t w0 = static_cast<int64_t>(seg) * t.seg_len;
-    const int64_t w1 = min64(t.width, w0 + t.seg_len);
+    const int64_t w0 = piece.w0, w1 = piece.w1;
     const index_t offset = (pixel_row * static_cast<index_t>(t.width) + static_cast<index_t>(w0)) *
                                static_cast<index_t>(t.channels) +
                            c;
@@ -115,10 +108,9 @@ __global__ void __launch_bounds__(kThreads)
     const bool valid = item < items;
     acc_t sum = 0;
     if (valid) {
-      const index_t id = static_cast<index_t>(item);
-      const index_t row = id / static_cast<index_t>(t.segments);
-      const int64_t begin = static_cast<int64_t>(id - row * static_cast<index_t>(t.segments)) * t.seg_len;
-      const int64_t end = min64(t.width, begin + t.seg_len);
+      const RowPiece<index_t> piece = row_piece<index_t>(t, item);
+      const index_t row = piece.row;
+      const int64_t begin = piece.begin, end = piece.end;
       acc_t a = 0;
       if constexpr (kGradX) {
         const index_t plane = row / static_cast<index_t>(H);
@@ -151,15 +143,10 @@ __global__ void __launch_bounds__(kThreads)
     backward_nhwc_kernel(scalar_t* __restrict__ grad_x, acc_t* __restrict__ row_sums,
                          const scalar_t* __restrict__ grad_y, const scalar_t* __restrict__ x,
                          const scalar_t* __restrict__ attn, PixelTiling t, int64_t H, int64_t R) {
-  const index_t channel_vecs = static_cast<index_t>(t.channels / V);
-  const index_t segments = static_cast<index_t>(t.segments);
-  const int64_t n = t.pixel_rows * t.segments * channel_vecs;
+  const int64_t n = pixel_items(t, V);
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const index_t id = static_cast<index_t>(i);
-    const index_t c = (id % channel_vecs) * V;
-    const index_t rest = id / channel_vecs;
-    const index_t seg = rest % segments;
-    const index_t pixel_row = rest / segments;
+    const PixelPiece<index_t> piece = pixel_piece<index_t, V>(t, i);
+    const index_t c = piece.c, seg = piece.seg, pixel_row = piece.pixel_row;
     acc_t a[V];
     acc_t sum[V];
 #pragma unroll
@@ -178,8 +165,7 @@ __global__ void __launch_bounds__(kThreads)
                taps.w_hi * static_cast<acc_t>(attn_c[k * R + taps.hi]);
       }
     }
-    const int64_t w0 = static_cast<int64_t>(seg) * t.seg_len;
-    const int64_t w1 = min64(t.width, w0 + t.seg_len);
+    const int64_t w0 = piece.w0, w1 = piece.w1;
     const index_t offset = (pixel_row * static_cast<index_t>(t.width) + static_cast<index_t>(w0)) *
                                static_cast<index_t>(t.channels) +
                            c;
@@ -202,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
         gx_out += t.channels;
       }
     }
-    acc_t* out = row_sums + ((pixel_row * segments + seg) * static_cast<index_t>(t.channels) + c);
+    acc_t* out = row_sums + ((pixel_row * static_cast<index_t>(t.segments) + seg) * static_cast<index_t>(t.channels) + c);
 #pragma unroll
     for (int k = 0; k < V; ++k) out[k] = sum[k];
   }
@@ -299,7 +285,7 @@ void forward(const Plan& plan, scalar_t* y, const scalar_t* x, const scalar_t* a
     }
   } else {
     const PixelTiling& t = plan.pixels;
-    const int64_t blocks = device.blocks_for(t.pixel_rows * t.segments * (t.channels / plan.vec));
+    const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
       launch(forward_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device.stream, y, x, attn, t, H, R);
     } else {
@@ -327,7 +313,7 @@ void backward(const Plan& plan, scalar_t* grad_x, scalar_t* grad_attn, acc_t* ro
     }
   } else {
     const PixelTiling& t = plan.pixels;
-    const int64_t blocks = device.blocks_for(t.pixel_rows * t.segments * (t.channels / plan.vec));
+    const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
       launch(backward_nhwc_kernel<scalar_t, acc_t, index_t, V, kGradX>, blocks, device.stream, grad_x, row_sums,
              grad_y, x, attn, t, H, R);

@@ -43,10 +43,9 @@ __global__ void __launch_bounds__(kThreads)
     acc_t best = negative_infinity<acc_t>();
     int64_t best_w = kNoIndex;
     if (valid) {
-      const index_t id = static_cast<index_t>(item);
-      const index_t row = id / static_cast<index_t>(t.segments);
-      const int64_t begin = static_cast<int64_t>(id - row * static_cast<index_t>(t.segments)) * t.seg_len;
-      const int64_t end = min64(t.width, begin + t.seg_len);
+      const RowPiece<index_t> piece = row_piece<index_t>(t, item);
+      const index_t row = piece.row;
+      const int64_t begin = piece.begin, end = piece.end;
       const scalar_t* in = x + static_cast<index_t>(row * static_cast<index_t>(t.width));
 #pragma unroll 4
       for (int64_t w = begin + static_cast<int64_t>(g.lane) * V; w < end; w += static_cast<int64_t>(t.group) * V) {
@@ -85,17 +84,11 @@ template <typename scalar_t, typename acc_t, typename index_t, int V, bool kMax>
 __global__ void __launch_bounds__(kThreads)
     rows_nhwc_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ ws_value, int64_t* __restrict__ ws_index,
                      PixelTiling t) {
-  const index_t channel_vecs = static_cast<index_t>(t.channels / V);
-  const index_t segments = static_cast<index_t>(t.segments);
-  const int64_t n = t.pixel_rows * t.segments * channel_vecs;
+  const int64_t n = pixel_items(t, V);
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const index_t id = static_cast<index_t>(i);
-    const index_t c = (id % channel_vecs) * V;
-    const index_t rest = id / channel_vecs;
-    const index_t seg = rest % segments;
-    const index_t pixel_row = rest / segments;
-    const int64_t w0 = static_cast<int64_t>(seg) * t.seg_len;
-    const int64_t w1 = min64(t.width, w0 + t.seg_len);
+    const PixelPiece<index_t> piece = pixel_piece<index_t, V>(t, i);
+    const index_t c = piece.c, seg = piece.seg, pixel_row = piece.pixel_row;
+    const int64_t w0 = piece.w0, w1 = piece.w1;
     const scalar_t* in = x + (static_cast<index_t>(pixel_row * static_cast<index_t>(t.width) + static_cast<index_t>(w0)) *
                                   static_cast<index_t>(t.channels) +
                               c);
@@ -121,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    const index_t out = (pixel_row * segments + seg) * static_cast<index_t>(t.channels) + c;
+    const index_t out = (pixel_row * static_cast<index_t>(t.segments) + seg) * static_cast<index_t>(t.channels) + c;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       if constexpr (kMax) {
@@ -205,10 +198,9 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t base = g.first; base < items; base += g.step) {
     const int64_t item = base + g.group_in_warp;
     if (item >= items) continue;  // no shuffles in this kernel
-    const index_t id = static_cast<index_t>(item);
-    const index_t row = id / static_cast<index_t>(t.segments);
-    const int64_t begin = static_cast<int64_t>(id - row * static_cast<index_t>(t.segments)) * t.seg_len;
-    const int64_t end = min64(t.width, begin + t.seg_len);
+    const RowPiece<index_t> piece = row_piece<index_t>(t, item);
+    const index_t row = piece.row;
+    const int64_t begin = piece.begin, end = piece.end;
     Pack<scalar_t, V> p;
     const scalar_t value = static_cast<scalar_t>(coef[row]);
 #pragma unroll
@@ -225,17 +217,11 @@ __global__ void __launch_bounds__(kThreads)
 template <typename scalar_t, typename acc_t, typename index_t, int V>
 __global__ void __launch_bounds__(kThreads)
     fill_rows_nhwc_kernel(scalar_t* __restrict__ grad_x, const acc_t* __restrict__ coef, PixelTiling t) {
-  const index_t channel_vecs = static_cast<index_t>(t.channels / V);
-  const index_t segments = static_cast<index_t>(t.segments);
-  const int64_t n = t.pixel_rows * t.segments * channel_vecs;
+  const int64_t n = pixel_items(t, V);
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const index_t id = static_cast<index_t>(i);
-    const index_t c = (id % channel_vecs) * V;
-    const index_t rest = id / channel_vecs;
-    const index_t seg = rest % segments;
-    const index_t pixel_row = rest / segments;
-    const int64_t w0 = static_cast<int64_t>(seg) * t.seg_len;
-    const int64_t w1 = min64(t.width, w0 + t.seg_len);
+    const PixelPiece<index_t> piece = pixel_piece<index_t, V>(t, i);
+    const index_t c = piece.c, pixel_row = piece.pixel_row;
+    const int64_t w0 = piece.w0, w1 = piece.w1;
     const acc_t* values = coef + (pixel_row * static_cast<index_t>(t.channels) + c);
     Pack<scalar_t, V> p;
 #pragma unroll
@@ -318,7 +304,7 @@ void forward(const ForwardPlan& plan, scalar_t* out, int64_t* out_index, const s
     }
   } else {
     const PixelTiling& t = plan.pixels;
-    const int64_t blocks = device.blocks_for(t.pixel_rows * t.segments * (t.channels / plan.vec));
+    const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
       launch(rows_nhwc_kernel<scalar_t, acc_t, index_t, V, kMax>, blocks, device.stream, x, ws_value, ws_index, t);
     } else {
