@@ -131,3 +131,22 @@ def linear_taps(dst, in_size, out_size, IS_FP64: tl.constexpr):
     lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
     hi = tl.where(lo < in_size - 1, lo + 1, lo)
     return lo, hi, 1.0 - lam, lam
+
+
+@triton.jit
+def tile_program(pid, C, H, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """What program ``pid`` of an element-wise kernel covers (all int64): batch ``b``, channels
+    ``cs``, rows ``hs`` and columns ``ws``, the ``[BLOCK_C, BLOCK_H]`` mask of valid (c, h) and
+    the ``[BLOCK_C, BLOCK_H, BLOCK_W]`` mask of valid elements; width blocks vary fastest."""
+    n_wb = tl.cdiv(W, BLOCK_W)
+    n_hb = tl.cdiv(H, BLOCK_H)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    wb = pid % n_wb
+    hb = (pid // n_wb) % n_hb
+    cb = (pid // (n_wb * n_hb)) % n_cb
+    b = pid // (n_wb * n_hb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    ws = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
+    return b, cs, hs, ws, ch_mask, ch_mask[:, :, None] & (ws < W)[None, None, :]

@@ -39,6 +39,7 @@ from hanet_fast.triton._common import (
     pow2,
     strides3,
     strides4,
+    tile_program,
 )
 
 
@@ -65,18 +66,7 @@ def _gate_forward_kernel(
 ):
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    n_wb = tl.cdiv(W, BLOCK_W)
-    n_hb = tl.cdiv(H, BLOCK_H)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    wb = pid % n_wb
-    hb = (pid // n_wb) % n_hb
-    cb = (pid // (n_wb * n_hb)) % n_cb
-    b = pid // (n_wb * n_hb * n_cb)
-    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
-    ws = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
-    ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
-    mask = ch_mask[:, :, None] & (ws < W)[None, None, :]
+    b, cs, hs, ws, ch_mask, mask = tile_program(pid, C, H, W, BLOCK_C, BLOCK_H, BLOCK_W)
 
     up = _upsampled(attn_ptr, b, cs, hs, ch_mask, H, R, sab, sac, sar, IS_FP64)
     c3 = cs[:, None, None]
