@@ -134,19 +134,26 @@ def linear_taps(dst, in_size, out_size, IS_FP64: tl.constexpr):
 
 
 @triton.jit
+def channel_block_program(pid, C, N, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program ``pid`` of a grid over (batch, channel blocks, blocks of N), N blocks fastest:
+    its batch ``b``, channels ``cs``, indices ``ns`` along N and the first of them ``n0``
+    (all int64)."""
+    n_nb = tl.cdiv(N, BLOCK_N)
+    n_cb = tl.cdiv(C, BLOCK_C)
+    n0 = (pid % n_nb) * BLOCK_N
+    cb = (pid // n_nb) % n_cb
+    b = pid // (n_nb * n_cb)
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    return b, cs, n0 + tl.arange(0, BLOCK_N).to(tl.int64), n0
+
+
+@triton.jit
 def tile_program(pid, C, H, W, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """What program ``pid`` of an element-wise kernel covers (all int64): batch ``b``, channels
     ``cs``, rows ``hs`` and columns ``ws``, the ``[BLOCK_C, BLOCK_H]`` mask of valid (c, h) and
     the ``[BLOCK_C, BLOCK_H, BLOCK_W]`` mask of valid elements; width blocks vary fastest."""
     n_wb = tl.cdiv(W, BLOCK_W)
-    n_hb = tl.cdiv(H, BLOCK_H)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    wb = pid % n_wb
-    hb = (pid // n_wb) % n_hb
-    cb = (pid // (n_wb * n_hb)) % n_cb
-    b = pid // (n_wb * n_hb * n_cb)
-    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
-    ws = wb * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    ws = (pid % n_wb) * BLOCK_W + tl.arange(0, BLOCK_W).to(tl.int64)
+    b, cs, hs, _ = channel_block_program(pid // n_wb, C, H, BLOCK_C, BLOCK_H)
     ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
     return b, cs, hs, ws, ch_mask, ch_mask[:, :, None] & (ws < W)[None, None, :]

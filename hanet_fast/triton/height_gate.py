@@ -33,6 +33,7 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
+    channel_block_program,
     is_fp64,
     linear_taps,
     on_device_of,
@@ -122,13 +123,7 @@ def _gate_backward_rows_kernel(
     """grad_x = grad_y * up over whole rows, and sums[b, c, h] = sum_w grad_y * x."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    n_hb = tl.cdiv(H, BLOCK_H)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    hb = pid % n_hb
-    cb = (pid // n_hb) % n_cb
-    b = pid // (n_hb * n_cb)
-    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    hs = hb * BLOCK_H + tl.arange(0, BLOCK_H).to(tl.int64)
+    b, cs, hs, _ = channel_block_program(pid, C, H, BLOCK_C, BLOCK_H)
     ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
     c3 = cs[:, None, None]
     h3 = hs[None, :, None]
@@ -160,14 +155,7 @@ def _gate_backward_attn_kernel(
     """grad_attn[b, c, r] = sum_h (w_lo[h] [lo[h] == r] + w_hi[h] [hi[h] == r]) * sums[b, c, h]."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    n_rb = tl.cdiv(R, BLOCK_R)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    rb = pid % n_rb
-    cb = (pid // n_rb) % n_cb
-    b = pid // (n_rb * n_cb)
-    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    r0 = rb * BLOCK_R
-    rs = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+    b, cs, rs, r0 = channel_block_program(pid, C, R, BLOCK_C, BLOCK_R)
     c_mask = cs < C
     # Only rows whose taps can reach bins [r0, r1] (src in [r0 - 1, r1 + 1)), with a margin.
     r1 = tl.minimum(r0 + BLOCK_R, R) - 1

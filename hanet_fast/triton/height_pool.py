@@ -34,6 +34,7 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
+    channel_block_program,
     TARGET_PROGRAMS,
     bin_end,
     bin_start,
@@ -54,14 +55,7 @@ def _pool_program(pid, C, H, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
     """What program ``pid`` pools (all int64): its batch ``b``, channels ``cs`` and bins ``rs``
     with their masks, each bin's rows ``[starts, ends)``, and ``[h_lo, h_hi)``, the rows all
     of its bins cover."""
-    n_rb = tl.cdiv(R, BLOCK_R)
-    n_cb = tl.cdiv(C, BLOCK_C)
-    rb = pid % n_rb
-    cb = (pid // n_rb) % n_cb
-    b = pid // (n_rb * n_cb)
-    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
-    rs = rb * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    r_first = rb * BLOCK_R
+    b, cs, rs, r_first = channel_block_program(pid, C, R, BLOCK_C, BLOCK_R)
     r_last = tl.minimum(r_first + BLOCK_R, R) - 1
     return (b, cs, rs, cs < C, rs < R, bin_start(rs, R, H), bin_end(rs, R, H), bin_start(r_first, R, H),
             bin_end(r_last, R, H))
