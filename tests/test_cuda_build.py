@@ -148,6 +148,21 @@ def test_cuda_matches_cpu_backend(shape, dtype, memory_format, offset):
     assert torch.equal(ops.height_gate_attn_backward(grad_y, x_gpu, R), grad_attn)
 
 
+def _capture(step):
+    """Warms ``step`` up on a side stream (as CUDA graph capture requires), then captures one
+    call; returns the graph and the outputs its replays overwrite."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    return graph, captured
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_cuda_graph_capture_of_ops_forward_backward(memory_format):
@@ -167,15 +182,7 @@ def test_cuda_graph_capture_of_ops_forward_backward(memory_format):
         y = hanet_fast.height_gate(x_high, attn, backend="cuda")
         return (y, *torch.autograd.grad((y * seed).sum(), (x_low, x_high, weight)))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = _capture(step)
 
     with torch.no_grad():
         x_low.copy_(torch.randn(x_low.shape, device="cuda", generator=gen))
@@ -201,15 +208,7 @@ def test_cuda_graph_capture_of_hanet_forward_backward():
         out = module(x_low, x_high)
         return (out, *torch.autograd.grad(out.square().mean(), (x_low, x_high, *params)))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    graph, captured = _capture(step)
 
     with torch.no_grad():
         x_low.copy_(torch.randn_like(x_low))
