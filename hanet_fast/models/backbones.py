@@ -242,16 +242,25 @@ def _describe(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}
+def state_dict_differences(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """How a loaded ``state`` differs from a module's ``own`` state dict, each list sorted: keys
+    missing from ``state``, keys ``own`` lacks, and ``(key, state shape, own shape)`` of the
+    keys whose shapes differ."""
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     mismatched = sorted(
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in state
-        if k in own and state[k].shape != own[k].shape
+        (k, tuple(state[k].shape), tuple(own[k].shape)) for k in state if k in own and state[k].shape != own[k].shape
     )
+    return missing, unexpected, mismatched
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}
+    missing, unexpected, shapes = state_dict_differences(state, own)
+    mismatched = [f"{k} (file {file}, model {model})" for k, file, model in shapes]
     if missing or unexpected or mismatched:
         parts = []
         if missing:

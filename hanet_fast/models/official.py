@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES
+from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES, state_dict_differences
 from hanet_fast.models.deeplab import DeepLabConfig, DeepLabV3PlusHANet, HANetConfig
 from hanet_fast.nn.positional import sinusoid_table
 
@@ -456,13 +456,9 @@ def load_official_checkpoint(
     state = convert_official_state_dict(raw)
     model = DeepLabV3PlusHANet.from_config(config)
     own = model.state_dict()
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in state
-        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
-    )
+    missing, unexpected, shapes = state_dict_differences(state, own)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    mismatched = [f"{k}: checkpoint {file} vs model {model}" for k, file, model in shapes]
     if unexpected or missing or mismatched:
         parts = [f"hanet_fast.models: {what} does not match the inferred network {config.backbone}, "
                  f"OS {config.output_stride}, {config.num_classes} classes, HANet layers {list(config.hanet_layers)}, "
