@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hanet_fast._cli import scales_arg, size_arg
+from hanet_fast._cli import parse_args, resolve_device, scales_arg, size_arg
 from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, EvalTransform, SyntheticUrbanScenes
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
@@ -183,12 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _resolve_data(args: argparse.Namespace, info: dict, parser: argparse.ArgumentParser) -> None:
     """Fill the data settings the command line left out from the checkpoint's training run."""
     train_args = info["train_args"]
@@ -222,7 +216,7 @@ def _nan_to_none(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.overlap < 1:
         parser.error(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.regions < 1:
@@ -276,9 +270,11 @@ def _compare_official(writer: _LabelIdWriter, ious: list[float], miou: float) ->
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; returns the exit status (1 when ``--official`` disagrees with ours)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_args(args, parser)
-    device = _device(args.device)
+    args = parse_args(parser, argv, _check_args)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
     _resolve_data(args, info, parser)
     dataset = _build_dataset(args)
