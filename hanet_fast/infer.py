@@ -32,7 +32,6 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from tqdm import tqdm
 
@@ -40,7 +39,7 @@ from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, scales_ar
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.data.labels import colorize, train_to_label_lut
-from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hanet_fast.data.transforms import normalize_image, resize_image
 from hanet_fast.inference import amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, save_png
 
@@ -142,9 +141,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _normalise(image: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
     if size is not None and image.shape[:2] != tuple(size):
-        image = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
-    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+        image = resize_image(image, *size)
+    return normalize_image(image)
 
 
 def _image_size(path: str) -> tuple[int, int]:

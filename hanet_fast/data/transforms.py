@@ -26,8 +26,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFilter
 
-__all__ = ["full_row_pos", "resize", "crop", "hflip", "TrainTransform", "EvalTransform", "to_tensor",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["full_row_pos", "resize", "resize_image", "normalize_image", "crop", "hflip", "TrainTransform",
+           "EvalTransform", "to_tensor", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +42,17 @@ def _nearest_index(src: int, dst: int) -> np.ndarray:
     return np.minimum(((np.arange(dst) + 0.5) * src / dst).astype(np.int64), src - 1)
 
 
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` image resized bilinearly to ``height x width``."""
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def normalize_image(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``[H, W, 3]`` image -> float ``[3, H, W]`` normalised with the ImageNet statistics."""
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
+    return TF.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
 def resize(sample: dict, height: int, width: int) -> dict:
     """Resize to ``height x width``: image bilinear, mask and row_pos nearest (same row map)."""
     image, mask, pos = sample["image"], sample["mask"], sample["row_pos"]
@@ -50,7 +61,7 @@ def resize(sample: dict, height: int, width: int) -> dict:
         return dict(sample)
     rows, cols = _nearest_index(h, height), _nearest_index(w, width)
     out = dict(sample)
-    out["image"] = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    out["image"] = resize_image(image, height, width)
     out["mask"] = mask[rows[:, None], cols[None, :]]
     out["row_pos"] = pos[rows]
     return out
@@ -85,10 +96,8 @@ def hflip(sample: dict) -> dict:
 
 def to_tensor(sample: dict) -> dict:
     """uint8 HWC image -> normalised float ``[3, H, W]``; mask -> int64 ``[H, W]``; row_pos -> float32 ``[H]``."""
-    image = torch.from_numpy(np.array(sample["image"], dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255)
-    image = TF.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
     out = dict(sample)
-    out["image"] = image
+    out["image"] = normalize_image(sample["image"])
     out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"]).astype(np.int64))
     out["row_pos"] = torch.from_numpy(np.ascontiguousarray(sample["row_pos"], dtype=np.float32))
     return out
