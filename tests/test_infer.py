@@ -35,8 +35,12 @@ def test_output_stems_mirror_folders_and_keep_same_stems_apart(image_tree):
     assert len(paths) == 4
     stems = output_stems(paths)
     assert sorted(stems) == sorted(["a/x", "b/x", "a/y_png", "a/y_jpg"])
-    # The output folder is never searched (outputs inside the input folder).
-    assert find_images([str(image_tree)], exclude=str(image_tree / "a")) == [str(image_tree / "b" / "x.png")]
+    # Under the output folder, files named like outputs are skipped (earlier runs' outputs), images are not.
+    Image.new("RGB", (8, 8)).save(image_tree / "a" / "x_pred.png")
+    skipped = []
+    assert find_images([str(image_tree)], exclude=str(image_tree / "a"), skipped=skipped) == paths
+    assert skipped == [str(image_tree / "a" / "x_pred.png")]
+    assert len(find_images([str(image_tree)], exclude=str(image_tree / "b"))) == 5
     # One file alone: just its stem.
     assert output_stems([str(image_tree / "b" / "x.png")]) == ["x"]
 
