@@ -144,6 +144,8 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
         j = first.setdefault(real.casefold(), k)
         if j != k:
             raise ValueError(f"{flag}: {owners[j]} and {owners[k]} would both be written to {paths[k]}")
+    for folder in sorted({os.path.dirname(r) for r in resolved}):
+        _check_folder_writable(folder, flag)
     input_ids = {}
     for path in inputs:
         try:
@@ -166,8 +168,6 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
         if os.path.isdir(path):
             raise ValueError(f"{flag}: {path} is a folder, not a file")
         existing.append(path)
-    for folder in sorted({os.path.dirname(r) for r in resolved}):
-        _check_folder_writable(folder, flag)
     if existing and not overwrite:
         raise ValueError(f"{flag}: {len(existing)} of the files to write exist already (e.g. {existing[0]}): pass "
                          f"--overwrite to replace them, or choose another {flag}")
