@@ -163,13 +163,13 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
             raise ValueError(f"{flag}: cannot write {path}: {e.strerror}") from None
         source = input_ids.get((st.st_dev, st.st_ino))
         if source is not None:
-            what = f"the output of {owner} " if owner != path else ""
-            raise ValueError(f"{flag}: {what}{path} would overwrite the input {source}; choose another {flag}")
+            what = f", the output of {owner}," if owner != path else ""
+            raise ValueError(f"{flag}: {path}{what} would overwrite the input {source}; choose another {flag}")
         if os.path.isdir(path):
             raise ValueError(f"{flag}: {path} is a folder, not a file")
         existing.append(path)
     if existing and not overwrite:
-        raise ValueError(f"{flag}: {len(existing)} of the files to write exist already (e.g. {existing[0]}): pass "
+        raise ValueError(f"{flag}: {len(existing)} file(s) to write already exist (e.g. {existing[0]}): pass "
                          f"--overwrite to replace them, or choose another {flag}")
 
 

@@ -308,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The evaluation of :func:`main`; every output path is checked before the model runs."""
     device = resolve_device(args.device)
     if args.json:
         # Checked now, not after the whole evaluation.

@@ -187,7 +187,7 @@ def test_infer_replaces_earlier_outputs_only_with_overwrite(image_tree, tmp_path
     stems = main(common)
     first = (out / (stems[0] + "_pred.png")).stat().st_mtime_ns
     err = _run_exit(common, capsys)
-    assert "--overwrite" in err and "exist already" in err
+    assert "--overwrite" in err and "already exist" in err
     assert (out / (stems[0] + "_pred.png")).stat().st_mtime_ns == first
     assert main(common + ["--overwrite"]) == stems
     assert "wrote 4 prediction(s)" in capsys.readouterr().out
