@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
 
 import torch
+from PIL import Image
 
-__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args"]
+from hanet_fast.data import DatasetError
+
+__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
+           "image_size", "same_size_batches"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -69,3 +76,121 @@ def resolve_device(text: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def error_exit(parser: argparse.ArgumentParser, err: BaseException | str) -> NoReturn:
+    """Exit with status 2 and one line ``<prog>: error: <message>`` on stderr.
+
+    An exception re-raised by a DataLoader worker carries the worker's traceback in its message:
+    only the original exception's own line is kept. Multi-line messages (e.g. lists of
+    mismatching checkpoint keys) are joined with ``; `` so that the error stays one line."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        # "package.module.SomeError: message" -> "message"
+        head, sep, rest = last.partition(": ")
+        text = rest if sep and "." in head and " " not in head else last
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    parser.exit(2, f"{parser.prog}: error: {text}\n")
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both already resolved)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_folder_writable(folder: str, flag: str) -> None:
+    """The nearest existing ancestor of ``folder`` must be a writable folder (so that it can be
+    created and written into); ValueError naming ``flag`` otherwise."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag}: cannot create the folder {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: {probe} is not writable")
+
+
+def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: Iterable[str] = (),
+                  protected: Iterable[str] = (), owners: Sequence[str] | None = None) -> None:
+    """Refuse, before anything is written, a set of output files that would destroy data.
+
+    Args:
+        paths: every file the command is about to write.
+        flag: the option that chose them (named in the errors), e.g. ``--out``.
+        overwrite: whether files left by an earlier run may be replaced (``--overwrite``).
+        inputs: files the command reads: never written, even with ``overwrite`` (compared by
+            identity, so links and case-insensitive file systems are covered).
+        protected: folders nothing may be written into (equal or below), e.g. a data set's
+            image and label folders.
+        owners: for each path, what it is the output of (named when two outputs collide or an
+            output would replace an input).
+
+    Raises:
+        ValueError: two outputs are one file (compared case-insensitively, as some file systems
+            do), an output is an input or lies in a protected folder, an output is a folder,
+            its folder cannot be created or written, or (without ``overwrite``) it exists.
+    """
+    owners = list(owners) if owners is not None else list(paths)
+    # os.path.realpath: "photos/../photos/x.png" and symlinked folders are the same place.
+    resolved = [os.path.realpath(p) for p in paths]
+    for folder in {os.path.realpath(f) for f in protected}:
+        for path, real in zip(paths, resolved):
+            if _is_within(real, folder):
+                raise ValueError(f"{flag}: refusing to write {path} into the data set's folder {folder}; "
+                                 f"choose another {flag}")
+    first: dict[str, int] = {}
+    for k, real in enumerate(resolved):
+        j = first.setdefault(real.casefold(), k)
+        if j != k:
+            raise ValueError(f"{flag}: {owners[j]} and {owners[k]} would both be written to {paths[k]}")
+    for folder in sorted({os.path.dirname(r) for r in resolved}):
+        _check_folder_writable(folder, flag)
+    input_ids = {}
+    for path in inputs:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        input_ids[(st.st_dev, st.st_ino)] = path
+    existing = []
+    for path, owner in zip(paths, owners):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise ValueError(f"{flag}: cannot write {path}: {e.strerror}") from None
+        source = input_ids.get((st.st_dev, st.st_ino))
+        if source is not None:
+            what = f", the output of {owner}," if owner != path else ""
+            raise ValueError(f"{flag}: {path}{what} would overwrite the input {source}; choose another {flag}")
+        if os.path.isdir(path):
+            raise ValueError(f"{flag}: {path} is a folder, not a file")
+        existing.append(path)
+    if existing and not overwrite:
+        raise ValueError(f"{flag}: {len(existing)} file(s) to write already exist (e.g. {existing[0]}): pass "
+                         f"--overwrite to replace them, or choose another {flag}")
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header, without decoding it.
+
+    Raises:
+        hanet_fast.data.DatasetError: the file is missing or not a readable image (named).
+    """
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError
+        raise DatasetError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices ``0..len(sizes)-1`` in batches of at most ``batch_size`` items of one size each
+    (grouped by size in order of first appearance; the order within a size is kept), so that
+    images of different sizes never need padding to share a batch."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, size in enumerate(sizes):
+        groups[tuple(size)].append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]

@@ -9,6 +9,11 @@ including the per-row and per-column class counts), ``fig1_class_distribution.pn
 
 The class statistics stream over the label maps (per-row and per-column counts are
 accumulated; no map is kept), reading only the labels for the data sets on disk.
+
+Files that exist already are only replaced with ``--overwrite``, and ``--out`` may not lie in
+the data set's folders (a label folder would read the figures back as label maps on the next
+run). The checkpoint is loaded before the statistics are computed, so a bad one is reported at
+once.
 """
 
 from __future__ import annotations
@@ -22,23 +27,37 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, size_arg
+from hanet_fast._cli import HelpFormatter, check_outputs, error_exit, parse_args, resolve_device, size_arg
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
-from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform, ImageFolder,
-                             SyntheticUrbanScenes, label_to_train_lut, read_label)
+from hanet_fast.data import (BDD100K, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
+                             ImageFolder, SyntheticUrbanScenes, label_to_train_lut, read_label)
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.training.visualize import attention_figure
 
 __all__ = ["build_parser", "main", "LabelFolder", "class_statistics", "attention_maps"]
 
 DATASETS = ("synthetic", "cityscapes", "bdd100k", "folder")
+# The files written into --out.
+TABLE1, FIG1, FIG10, STATISTICS = "table1.txt", "fig1_class_distribution.png", "fig10_height_vs_width.png", \
+    "statistics.json"
+FIG5, FIG7, ATTENTION_NPZ = "fig5_attention.png", "fig7_attention_vs_distribution.png", "attention_maps.npz"
+# A trainId map holds 0-18 and 255 only. Not "most pixels": a Cityscapes labelId map's commonest
+# classes are road (7) and building (11), below 19, and its 19-33 classes (vegetation, sky, car,
+# person, ...) cover a third of it or less, still far above any stray-pixel level.
+NON_TRAIN_ID_LIMIT = 0.05
 
 
 class LabelFolder:
     """Every label map under ``root`` (recursively, sorted): trainIds, or Cityscapes labelIds
     mapped to trainIds with ``label_ids=True``. Only what the statistics need: ``len`` and
-    :meth:`load_mask`."""
+    :meth:`load_mask`.
+
+    Read as trainIds, a map with more than :data:`NON_TRAIN_ID_LIMIT` of its labelled pixels
+    (not 255) at values 19-254 is not a trainId map but most likely a Cityscapes labelId map:
+    DatasetError saying that it needs ``--label-ids``. Fewer such values (stray pixels) are
+    counted as ignore, and totalled in ``non_train_pixels`` / ``non_train_maps`` for the caller
+    to report."""
 
     def __init__(self, root: str, label_ids: bool = False) -> None:
         if not os.path.isdir(root):
@@ -48,13 +67,26 @@ class LabelFolder:
         if not self.paths:
             raise DatasetError(f"hanet_fast.analyze: no label maps ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
         self.lut = label_to_train_lut() if label_ids else None
+        self.non_train_pixels = self.non_train_maps = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load_mask(self, index: int) -> np.ndarray:
         mask = read_label(self.paths[index])
-        return self.lut[mask] if self.lut is not None else mask
+        if self.lut is not None:
+            return self.lut[mask]
+        labelled = int((mask != IGNORE_INDEX).sum())
+        outside = int(((mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)).sum())
+        if outside > NON_TRAIN_ID_LIMIT * labelled:
+            raise DatasetError(
+                f"hanet_fast.analyze: {self.paths[index]}: {100 * outside / labelled:.0f}% of its labelled pixels hold "
+                f"values {NUM_CLASSES}-{IGNORE_INDEX - 1}, which are not trainIds (0-{NUM_CLASSES - 1}, "
+                f"{IGNORE_INDEX} ignored): Cityscapes labelId maps need --label-ids")
+        if outside:
+            self.non_train_pixels += outside
+            self.non_train_maps += 1
+        return mask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="analysis", help="folder for table1.txt, statistics.json and the PNGs")
+    g.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
@@ -158,7 +191,8 @@ def attention_maps(model, dataset, indices: list[int], device: torch.device,
     return {name: (t / len(indices)).numpy() for name, t in total.items()}
 
 
-def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict) -> list[str]:
+def _load_checkpoint(args, images) -> tuple[object, dict, torch.device]:
+    """The network of ``--checkpoint`` with HANet layers, checked against ``--sample``."""
     from hanet_fast.inference import load_model
 
     device = resolve_device(args.device)
@@ -168,11 +202,16 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict) -> 
                          "no attention to show")
     if args.sample >= len(images):
         raise ValueError(f"--sample {args.sample} is out of range: the data have {len(images)} images")
+    return model, info, device
+
+
+def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict, model, info: dict,
+                        device: torch.device) -> list[str]:
     written = []
     sample = images[args.sample]
     with torch.no_grad():
         out = model(sample["image"][None].to(device), sample["row_pos"][None].to(device), return_attention=True)
-    path = os.path.join(args.out, "fig5_attention.png")
+    path = os.path.join(args.out, FIG5)
     attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path, seriate=True,
                      title=f"HANet attention, image {args.sample} ({args.dataset} {args.split})")
     written.append(path)
@@ -184,14 +223,14 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict) -> 
     if n:
         means = attention_maps(model, images, list(range(n)), device, not args.no_progress)
         arrays.update({f"mean_{k}": v for k, v in means.items()})
-        path = os.path.join(args.out, "fig7_attention_vs_distribution.png")
+        path = os.path.join(args.out, FIG7)
         shown = {"L5": means["L5"]} if "L5" in means else means
         attention_distribution_figure(dist, shown, path, title=(
             f"Height-wise class distribution vs HANet attention (mean over {n} images)"
             + ("" if "L5" in means else "; no L5 in this network: its channels are features, not classes")))
         written.append(path)
         report["attention"]["mean_over_images"] = n
-    path = os.path.join(args.out, "attention_maps.npz")
+    path = os.path.join(args.out, ATTENTION_NPZ)
     np.savez_compressed(path, **arrays)
     written.append(path)
     return written
@@ -203,27 +242,39 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(p, argv, _check_args)
     try:
         labels, images = _datasets(args)
+        names = [TABLE1, FIG1, FIG10, STATISTICS]
+        if args.checkpoint:
+            names += [FIG5, ATTENTION_NPZ] + ([FIG7] if args.attention_images else [])
+        protected = [args.data_root, args.image_root] if args.dataset == "folder" else [
+            os.path.dirname(f) for pair in getattr(labels, "pairs", ()) for f in pair if f]
+        check_outputs([os.path.join(args.out, name) for name in names], flag="--out", overwrite=args.overwrite,
+                      protected=[f for f in protected if f])
+        # Before the statistics: a bad checkpoint is reported at once, not after all of them.
+        network = _load_checkpoint(args, images) if args.checkpoint else None
         os.makedirs(args.out, exist_ok=True)
         dist = class_statistics(labels, args.limit, args.bins, not args.no_progress)
+        if getattr(labels, "non_train_pixels", 0):
+            print(f"note: {labels.non_train_pixels} pixels in {labels.non_train_maps} map(s) hold values "
+                  f"{NUM_CLASSES}-{IGNORE_INDEX - 1}, not trainIds: counted as ignored (Cityscapes labelId maps need "
+                  "--label-ids)", file=sys.stderr)
         table = format_table1(dist, CLASS_NAMES, paper=not args.no_paper)
         name = args.dataset + (f" {args.split}" if args.dataset != "folder" else f" {args.data_root}")
         text = f"Table 1 ({name}): probabilities (%) of pixels per class given the region\n\n{table}\n"
         print(text)
-        with open(os.path.join(args.out, "table1.txt"), "w") as f:
+        with open(os.path.join(args.out, TABLE1), "w") as f:
             f.write(text)
         report = {"dataset": args.dataset, "split": args.split, "data_root": args.data_root, **dist.to_dict()}
-        written = [os.path.join(args.out, "table1.txt")]
-        for fn, file in ((class_distribution_figure, "fig1_class_distribution.png"),
-                         (height_width_figure, "fig10_height_vs_width.png")):
+        written = [os.path.join(args.out, TABLE1)]
+        for fn, file in ((class_distribution_figure, FIG1), (height_width_figure, FIG10)):
             fn(dist, os.path.join(args.out, file))
             written.append(os.path.join(args.out, file))
-        if args.checkpoint:
-            written += _checkpoint_figures(args, images, dist, report)
-        with open(os.path.join(args.out, "statistics.json"), "w") as f:
+        if network is not None:
+            written += _checkpoint_figures(args, images, dist, report, *network)
+        with open(os.path.join(args.out, STATISTICS), "w") as f:
             json.dump(report, f)
-        written.append(os.path.join(args.out, "statistics.json"))
-    except (DatasetError, FileNotFoundError, ValueError, RuntimeError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
+        written.append(os.path.join(args.out, STATISTICS))
+    except (DatasetError, OSError, ValueError, RuntimeError) as e:
+        error_exit(p, e)
     print("wrote: " + ", ".join(written))
     return report
 

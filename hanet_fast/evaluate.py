@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hanet_fast._cli import parse_args, resolve_device, scales_arg, size_arg
-from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, EvalTransform, SyntheticUrbanScenes
+from hanet_fast._cli import (check_outputs, error_exit, image_size, parse_args, resolve_device, same_size_batches,
+                             scales_arg, size_arg)
+from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, DatasetError, EvalTransform, SyntheticUrbanScenes
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
 from hanet_fast.inference import AMP_MODES, load_model, predict
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cityscapes: also run cityscapesscripts' evalPixelLevelSemanticLabeling on the labelId PNGs "
                         "and compare its numbers with ours (exit status 1 if they differ)")
     g.add_argument("--json", default=None, metavar="FILE", help="write every number to FILE as JSON")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing --json / --save-labelids files (never the data set's own files)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -267,20 +270,58 @@ def _compare_official(writer: _LabelIdWriter, ious: list[float], miou: float) ->
             "max_abs_difference": max_diff if math.isfinite(max_diff) else None, "agree": agree}
 
 
+def _check_labelid_files(args: argparse.Namespace, dataset, n: int) -> None:
+    """Before the run: the files ``--save-labelids`` will write for the first ``n`` samples (named
+    as :class:`_LabelIdWriter` names them) must not lie in the data set's folders, collide, or
+    (without ``--overwrite``) exist."""
+    pairs = getattr(dataset, "pairs", None)
+    owners = [pairs[i][0] if pairs else f"{args.dataset}_{args.split}_{i:06d}" for i in range(n)]
+    files = [os.path.join(args.save_labelids, prediction_filename(pairs[i][0] if pairs else None, owners[i]))
+             for i in range(n)]
+    check_outputs(files, flag="--save-labelids", overwrite=args.overwrite, protected=_dataset_folders(dataset),
+                  owners=owners)
+
+
+def _dataset_folders(dataset) -> set[str]:
+    """The folders holding a data set's images and labels (nothing may be written into them)."""
+    return {os.path.dirname(p) for pair in getattr(dataset, "pairs", ()) for p in pair if p}
+
+
+def _batch_sampler(dataset, n: int, batch_size: int) -> list[list[int]]:
+    """Batches of the first ``n`` samples: images of different sizes cannot be stacked into one
+    batch (and are not padded: padding would change HANet's row pooling), so files on disk are
+    grouped by size (read from their headers)."""
+    pairs = getattr(dataset, "pairs", None)
+    sizes = [image_size(pairs[i][0]) for i in range(n)] if pairs is not None and batch_size > 1 else [(0, 0)] * n
+    return same_size_batches(sizes, batch_size)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the evaluation; returns the exit status (1 when ``--official`` disagrees with ours)."""
+    """Run the evaluation; returns the exit status (1 when ``--official`` disagrees with ours).
+    Bad input (checkpoint, data, output paths) exits with status 2 and one line naming it."""
     parser = build_parser()
     args = parse_args(parser, argv, _check_args)
     try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        parser.error(str(e))
+        return _run(parser, args)
+    except (DatasetError, OSError, ValueError) as e:
+        error_exit(parser, e)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The evaluation of :func:`main`; every output path is checked before the model runs."""
+    device = resolve_device(args.device)
+    if args.json:
+        # Checked now, not after the whole evaluation.
+        check_outputs([args.json], flag="--json", overwrite=args.overwrite)
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
     _resolve_data(args, info, parser)
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)
+    if args.save_labelids is not None:
+        _check_labelid_files(args, dataset, n)
+    batch_size = args.batch_size or (8 if args.dataset == "synthetic" else 1)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)),
-                                         batch_size=args.batch_size or (8 if args.dataset == "synthetic" else 1),
+                                         batch_sampler=_batch_sampler(dataset, n, batch_size),
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
 
     with tempfile.TemporaryDirectory(prefix="hanet_fast_eval_") as tmp:

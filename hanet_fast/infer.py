@@ -12,7 +12,16 @@ inputs' common parent folder, so same-named files in different folders never col
   layer's coarse attention ``[C, rows]`` and its paper Fig. 5-style plot.
 
 Two images of one folder with the same stem (``a.png``, ``a.jpg``) keep their extension in the
-stem (``a_png_pred.png``, ``a_jpg_pred.png``).
+stem (``a_png_pred.png``, ``a_jpg_pred.png``). Names that still clash, compared case-insensitively
+as some file systems do (``a.png`` and ``a.PNG``; ``b.jpg`` next to ``b_jpg.png``), are numbered
+in input order (``a_png``, ``a_png_2``): every image gets its own files.
+
+Safety: nothing is written before every output name is known. The run refuses to write onto
+one of its inputs (even with ``--overwrite``) and to replace files left by an earlier run
+unless ``--overwrite`` is given. ``--out`` may be the input folder (outputs next to the
+images) or lie above or inside it: a folder search skips the files under ``--out`` whose names
+end like this tool's outputs (``*_pred.png``, ``*_overlay.png``, ...), so a second run does not
+segment the first run's outputs; name such a file explicitly to segment it.
 
 Batches: ``--batch-size`` images of the same size go through the network together; images of
 different sizes are never padded into one batch, because HANet's width-wise pooling would
@@ -32,10 +41,10 @@ from collections import defaultdict
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
-from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, scales_arg, size_arg
+from hanet_fast._cli import (HelpFormatter, check_outputs, error_exit, image_size, parse_args, resolve_device,
+                             same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.data.labels import colorize, train_to_label_lut
@@ -43,28 +52,47 @@ from hanet_fast.data.transforms import normalize_image, resize_image
 from hanet_fast.inference import amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, save_png
 
-__all__ = ["build_parser", "main", "find_images", "output_stems"]
+__all__ = ["build_parser", "main", "find_images", "output_stems", "OUTPUT_SUFFIXES"]
+
+# The endings of the files written for an image (after its output stem); one source for
+# writing them, checking them before the run and recognising them in a later folder search.
+PRED, OVERLAY, TRAINIDS, LABELIDS = "_pred.png", "_overlay.png", "_trainids.png", "_labelids.png"
+ATTENTION_NPZ, ATTENTION_PNG = "_attention.npz", "_attention.png"
+OUTPUT_SUFFIXES = (PRED, OVERLAY, TRAINIDS, LABELIDS, ATTENTION_NPZ, ATTENTION_PNG)
 
 
-def find_images(inputs: list[str], exclude: str | None = None) -> list[str]:
+def find_images(inputs: list[str], exclude: str | None = None, skipped: list[str] | None = None) -> list[str]:
     """Absolute paths of the images named by ``inputs`` (files, or folders searched
     recursively), sorted within each folder and without duplicates, in argument order.
-    Folder searches skip everything under ``exclude`` (the output folder, so that a second
-    run over the same folder does not segment the first run's outputs).
+    Folder searches skip the files under ``exclude`` (the output folder) whose names end like
+    this tool's outputs (:data:`OUTPUT_SUFFIXES`), so that a second run over the same folder
+    does not segment the first run's outputs; their paths are appended to ``skipped``.
 
     Raises:
         FileNotFoundError: an input does not exist.
         ValueError: a file input is not an image, or no image was found at all.
     """
     found: list[str] = []
+    out = os.path.realpath(exclude) + os.sep if exclude else None
+
+    def earlier_output(path: str) -> bool:
+        return (out is not None and path.endswith(OUTPUT_SUFFIXES)
+                and (os.path.realpath(os.path.dirname(path)) + os.sep).startswith(out))
+
     for item in inputs:
         if os.path.isdir(item):
-            skip = os.path.abspath(exclude) + os.sep if exclude else None
-            images = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                            if f.lower().endswith(IMAGE_EXTENSIONS)
-                            and not (skip and os.path.abspath(os.path.join(d, f)).startswith(skip)))
+            images = []
+            for path in sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
+                               if f.lower().endswith(IMAGE_EXTENSIONS)):
+                if earlier_output(path):
+                    if skipped is not None:
+                        skipped.append(path)
+                else:
+                    images.append(path)
             if not images:
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {item}")
+                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {item}"
+                                 + (f" (only earlier outputs of this tool, {len(skipped)} skipped)"
+                                    if skipped else ""))
             found += images
         elif os.path.isfile(item):
             if not item.lower().endswith(IMAGE_EXTENSIONS):
@@ -79,15 +107,30 @@ def find_images(inputs: list[str], exclude: str | None = None) -> list[str]:
 
 
 def output_stems(paths: list[str]) -> list[str]:
-    """Output path stems (relative, without suffix) for absolute image ``paths``: each path
-    relative to their common parent folder, without its extension; where two images of one
-    folder share a stem, the extension stays in it (``a.png`` -> ``a_png``)."""
+    """Output path stems (relative, without suffix) for absolute image ``paths``, distinct even
+    case-insensitively: each path relative to their common parent folder, without its
+    extension; where two images share a stem, the extension stays in it (``a.png`` ->
+    ``a_png``); names that still clash (``a.png``/``a.PNG``, ``b.jpg``/``b_jpg.png``) get
+    ``_2``, ``_3``, ... in input order (the first keeps its name)."""
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
     stems = [os.path.splitext(os.path.relpath(p, root))[0] for p in paths]
     counts: dict[str, int] = defaultdict(int)
     for s in stems:
-        counts[s] += 1
-    return [s + "_" + os.path.splitext(p)[1].lstrip(".").lower() if counts[s] > 1 else s for s, p in zip(stems, paths)]
+        counts[s.casefold()] += 1
+    stems = [s + "_" + os.path.splitext(p)[1].lstrip(".").lower() if counts[s.casefold()] > 1 else s
+             for s, p in zip(stems, paths)]
+    while True:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(stems):
+            groups[s.casefold()].append(i)
+        clashes = [g for g in groups.values() if len(g) > 1]
+        if not clashes:
+            return stems
+        # A numbered name may clash with another input's name: the loop runs until none does
+        # (names only grow, so it ends).
+        for group in clashes:
+            for k, i in enumerate(group[1:], start=2):
+                stems[i] = f"{stems[i]}_{k}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
     p.add_argument("--out", default="predictions", help="output folder (mirrors the inputs' folder structure)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output files left by an earlier run (inputs are never overwritten)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay, in [0, 1]")
     p.add_argument("--save-trainids", action="store_true", help="also write <stem>_trainids.png (trainIds 0-18)")
     p.add_argument("--save-labelids", action="store_true",
@@ -145,31 +190,33 @@ def _normalise(image: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
     return normalize_image(image)
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    """(H, W) from the file header, without decoding; DatasetError naming an unreadable file."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except Exception as e:  # PIL.UnidentifiedImageError, OSError
-        raise DatasetError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
 def _batches(paths: list[str], size: tuple[int, int] | None, batch_size: int) -> list[list[int]]:
     """Indices of ``paths`` in batches of at most ``batch_size`` same-size images."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, path in enumerate(paths):
-        groups[tuple(size) if size else _image_size(path)].append(i)
-    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    return same_size_batches([tuple(size) if size else image_size(path) for path in paths], batch_size)
+
+
+def _output_suffixes(args: argparse.Namespace) -> list[str]:
+    """The endings of the files written for each image with these settings."""
+    return ([PRED, OVERLAY] + ([TRAINIDS] if args.save_trainids else []) + ([LABELIDS] if args.save_labelids else [])
+            + ([ATTENTION_NPZ, ATTENTION_PNG] if args.attention else []))
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     """Run inference; returns the output stems written (relative to ``--out``)."""
     p = build_parser()
     args = parse_args(p, argv, _check_args)
+    written = 0
     try:
         device = resolve_device(args.device)
-        paths = find_images(args.inputs, exclude=args.out)
+        skipped: list[str] = []
+        paths = find_images(args.inputs, exclude=args.out, skipped=skipped)
+        if skipped:
+            print(f"note: skipped {len(skipped)} file(s) under --out named like this tool's outputs (e.g. "
+                  f"{skipped[0]}); name them as files to segment them", file=sys.stderr)
         stems = output_stems(paths)
+        suffixes = _output_suffixes(args)
+        check_outputs([os.path.join(args.out, stem + end) for stem in stems for end in suffixes], flag="--out",
+                      overwrite=args.overwrite, inputs=paths, owners=[path for path in paths for _ in suffixes])
         batches = _batches(paths, args.size, args.batch_size)
         model, info = load_model(args.checkpoint, device=device)
         if args.attention and not model.hanet_modules:
@@ -186,10 +233,11 @@ def main(argv: list[str] | None = None) -> list[str]:
                 for k, (i, original) in enumerate(zip(batch, originals)):
                     maps = {name: a[k] for name, a in attention.items()} if attention is not None else None
                     _save(os.path.join(args.out, stems[i]), paths[i], original, probs[k:k + 1], maps, args, to_label)
+                    written += 1
                 progress.update(len(batch))
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        p.exit(2, f"{p.prog}: error: {e}\n")
-    print(f"wrote {len(paths)} prediction(s) to {args.out}")
+    except (DatasetError, OSError, ValueError) as e:
+        error_exit(p, f"{e} ({written} prediction(s) were written to {args.out} before this error)" if written else e)
+    print(f"wrote {written} prediction(s) ({written * len(suffixes)} files) to {args.out}")
     return stems
 
 
@@ -200,15 +248,15 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
         prob = F.interpolate(prob, size=original.shape[:2], mode="bilinear", align_corners=False)
     pred = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    save_png(colorize(pred), base + "_pred.png")
-    save_png(overlay(original, pred, args.alpha), base + "_overlay.png")
+    save_png(colorize(pred), base + PRED)
+    save_png(overlay(original, pred, args.alpha), base + OVERLAY)
     if args.save_trainids:
-        save_png(pred, base + "_trainids.png")
+        save_png(pred, base + TRAINIDS)
     if to_label is not None:
-        save_png(to_label[pred], base + "_labelids.png")
+        save_png(to_label[pred], base + LABELIDS)
     if attention is not None:
-        np.savez_compressed(base + "_attention.npz", **attention)
-        attention_figure(original, attention, base + "_attention.png", seriate=True, title=os.path.basename(path))
+        np.savez_compressed(base + ATTENTION_NPZ, **attention)
+        attention_figure(original, attention, base + ATTENTION_PNG, seriate=True, title=os.path.basename(path))
 
 
 @torch.no_grad()

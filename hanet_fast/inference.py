@@ -27,12 +27,53 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from hanet_fast.models import DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, load_official_checkpoint
+from hanet_fast.models import (DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, OfficialCheckpointError,
+                               load_official_checkpoint)
 from hanet_fast.training import checkpoint as ckpt_io
 
-__all__ = ["AMP_MODES", "load_model", "predict", "resample_row_pos", "window_starts"]
+__all__ = ["AMP_MODES", "CheckpointError", "load_model", "predict", "resample_row_pos", "window_starts"]
 
 AMP_MODES = ("off", "bf16", "fp16")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a PyTorch file) or does not
+    hold a network; the message names the file."""
+
+
+# torch.save writes a zip archive; torch 1.4 (the official HANet snapshots) wrote a pickle,
+# whose first byte is the PROTO opcode.
+_TORCH_FILE_MAGICS = (b"PK\x03\x04", b"\x80")
+# What torch.load and the unpickler raise on a damaged file.
+_READ_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                pickle.UnpicklingError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _read_checkpoint(path: str) -> object | None:
+    """The object in a checkpoint file, or None for a file that only the official loader can
+    read (it allows the numpy scalars of official snapshots). CheckpointError for anything
+    else: empty, truncated, corrupt, or not written by torch.save."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_FILE_MAGICS):
+        raise CheckpointError(f"hanet_fast.inference: {path} is not a PyTorch checkpoint"
+                              + (" (the file is empty)" if not head else " (not a file written by torch.save)"))
+    try:
+        return ckpt_io.load(path)
+    except pickle.UnpicklingError as err:
+        # weights_only refusing a global: official snapshots hold numpy scalars.
+        if "Unsupported global" in str(err):
+            return None
+        raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: corrupt "
+                              f"({_one_line(err)})") from err
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
+                              f"({_one_line(err)})") from err
 
 
 def _config_from_dict(cfg: dict) -> DeepLabConfig:
@@ -71,6 +112,8 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
     Raises:
         FileNotFoundError: no such file (or no ``checkpoint.pt`` in the folder).
         ValueError: ``backbone`` contradicts our checkpoint, or ``output_stride`` is invalid.
+        CheckpointError: a file that cannot be read (empty, truncated, corrupt, not a PyTorch
+            file), or our checkpoint whose weights do not fit its saved configuration.
         hanet_fast.models.OfficialCheckpointError: a file that is neither ours nor a loadable
             official checkpoint.
     """
@@ -79,24 +122,40 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         path = os.path.join(path, "checkpoint.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"hanet_fast.inference: checkpoint not found: {path}")
-    try:
-        obj = ckpt_io.load(path)
-    except pickle.UnpicklingError:
-        # Official snapshots hold numpy scalars, which only the official loader allows.
-        obj = None
+    obj = _read_checkpoint(path)
     if obj is not None and _is_ours(obj):
-        config = _config_from_dict(obj["model_config"])
+        try:
+            config = _config_from_dict(obj["model_config"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"hanet_fast.inference: the checkpoint {path} has an invalid model_config "
+                                  f"({_one_line(err)})") from err
         if backbone is not None and backbone != config.backbone:
             raise ValueError(f"hanet_fast.inference: backbone={backbone!r} but the checkpoint {path} was trained "
                              f"with {config.backbone!r}; leave backbone out for our checkpoints")
         if output_stride is not None and output_stride != config.output_stride:
             config = DeepLabConfig(config.backbone, int(output_stride), config.num_classes, config.hanet, config.aux)
         model = DeepLabV3PlusHANet.from_config(config)
-        model.load_state_dict(obj["model"])
+        try:
+            model.load_state_dict(obj["model"])
+        except RuntimeError as err:
+            raise CheckpointError(f"hanet_fast.inference: the weights in {path} do not fit its model_config "
+                                  f"({_one_line(err)})") from err
         info = {"source": "hanet_fast", "config": config, "train_args": dict(obj.get("args") or {}),
                 "iteration": obj.get("iteration"), "path": path}
     else:
-        model = load_official_checkpoint(path if obj is None else obj, backbone=backbone, output_stride=output_stride)
+        try:
+            model = load_official_checkpoint(path if obj is None else obj, backbone=backbone,
+                                             output_stride=output_stride)
+        except OfficialCheckpointError as err:
+            if obj is None:
+                raise  # it names the file
+            # It was given the loaded object: say which file held it.
+            raise OfficialCheckpointError(f"hanet_fast.inference: {path} is not a checkpoint of hanet_fast.train, nor "
+                                          f"an official HANet one: {str(err).removeprefix('hanet_fast.models: ')}"
+                                          ) from err
+        except tuple(e for e in _READ_ERRORS if e is not ValueError) as err:
+            raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
+                                  f"({_one_line(err)})") from err
         info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path}
     return model.to(device).eval(), info
 

@@ -29,7 +29,7 @@ python -m hanet_fast.evaluate --checkpoint "$RUN" --scales 0.75,1.0,1.25 --flip 
     | sed "1{/^$/d}; s|$RUN|runs/<run>|; s|; [0-9.]* s$||" | tee docs/evaluate_synthetic.txt
 
 # Table 1, Fig. 1, Fig. 10 of the default synthetic training scenes; Fig. 5 and 7 from the run.
-python -m hanet_fast.analyze --out "$WORK/analysis" --checkpoint "$RUN" --no-progress | tee "$WORK/analyze.txt"
+python -m hanet_fast.analyze --out "$WORK/analysis" --overwrite --checkpoint "$RUN" --no-progress | tee "$WORK/analyze.txt"
 sed '/^wrote: /d' "$WORK/analyze.txt" > docs/analyze_synthetic.txt
 for f in fig1_class_distribution fig10_height_vs_width fig5_attention; do
     cp "$WORK/analysis/$f.png" "docs/images/$f.png"
@@ -44,7 +44,7 @@ os.makedirs(sys.argv[1], exist_ok=True)
 for i in range(2):
     Image.fromarray(generate_scene(0, i, 128, 256, split="val")[0]).save(os.path.join(sys.argv[1], f"scene{i}.png"))
 EOF
-python -m hanet_fast.infer "$WORK/images" --checkpoint "$RUN" --out "$WORK/predictions" --attention --no-progress
+python -m hanet_fast.infer "$WORK/images" --checkpoint "$RUN" --out "$WORK/predictions" --overwrite --attention --no-progress
 cp "$WORK/predictions/scene0_overlay.png" docs/images/infer_overlay.png
 cp "$WORK/predictions/scene0_pred.png" docs/images/infer_pred.png
 ls -l docs/analyze_synthetic.txt docs/images

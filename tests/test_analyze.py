@@ -223,3 +223,72 @@ def test_every_flag_has_help():
     for action in build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
+
+
+# --------------------------------------------------------------------------- files and errors (issue 13)
+def _label_folder(root, masks=MASKS):
+    root.mkdir(parents=True)
+    for i, m in enumerate(masks):
+        Image.fromarray(m).save(root / f"m{i}.png")
+    return root
+
+
+def _exit_line(argv, capsys):
+    """main(argv) must exit with status 2 and one line on stderr; returns (that line, stdout)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    line = captured.err.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    return line, captured.out
+
+
+def test_cli_out_in_the_label_folder_is_refused_and_files_are_kept(tmp_path, capsys):
+    labels = _label_folder(tmp_path / "labels")
+    common = ["--dataset", "folder", "--data-root", str(labels), "--bins", "3", "--no-progress"]
+    for out in (labels, labels / "figures"):
+        line, _ = _exit_line(common + ["--out", str(out), "--overwrite"], capsys)
+        assert "--out" in line and "data set's folder" in line
+    assert sorted(os.listdir(labels)) == ["m0.png", "m1.png", "m2.png"]
+    out = tmp_path / "out"
+    main(common + ["--out", str(out)])
+    (out / "table1.txt").write_text("my notes")
+    line, _ = _exit_line(common + ["--out", str(out)], capsys)
+    assert "--overwrite" in line and (out / "table1.txt").read_text() == "my notes"
+    main(common + ["--out", str(out), "--overwrite"])
+    assert (out / "table1.txt").read_text().startswith("Table 1")
+
+
+def test_cli_label_id_maps_without_label_ids_are_refused(tmp_path, capsys):
+    from hanet_fast.data import label_to_train_lut
+    # Cityscapes labelIds of the hand-made maps (road 7, sky 23, building 11, car 26, ...).
+    to_label = {t: i for i, t in enumerate(label_to_train_lut()) if t != 255}
+    to_label[255] = 0
+    labels = _label_folder(tmp_path / "ids", [np.vectorize(to_label.get)(m).astype(np.uint8) for m in MASKS])
+    common = ["--dataset", "folder", "--data-root", str(labels), "--bins", "3", "--no-progress"]
+    line, out = _exit_line(common + ["--out", str(tmp_path / "a")], capsys)
+    assert "--label-ids" in line and "m0.png" in line and "Table 1" not in out
+    report = main(common + ["--out", str(tmp_path / "b"), "--label-ids"])
+    assert report["table1"]["mean_region_entropy"] == pytest.approx((_h(UPPER) + _h(MIDDLE) + _h(LOWER)) / 3)
+    # Like real Cityscapes maps, M2's labelIds are mostly road (7) and building (11): 4 of 24 pixels >= 19.
+    m2 = _label_folder(tmp_path / "m2", [np.vectorize(to_label.get)(MASKS[1]).astype(np.uint8)])
+    line, _ = _exit_line(["--dataset", "folder", "--data-root", str(m2), "--no-progress", "--out",
+                          str(tmp_path / "c")], capsys)
+    assert "17% of its labelled pixels" in line and "--label-ids" in line
+    # A stray value in a trainId map is counted as ignored, and said so.
+    stray = MASKS[1].copy()
+    stray[0, 0] = 200
+    folder = _label_folder(tmp_path / "stray", [stray])
+    report = main(["--dataset", "folder", "--data-root", str(folder), "--no-progress", "--out", str(tmp_path / "d")])
+    assert report["images"] == 1 and "1 pixels in 1 map(s) hold values 19-254" in capsys.readouterr().err
+
+
+def test_cli_bad_checkpoint_is_reported_before_the_statistics(tmp_path, tiny_checkpoint, capsys):
+    bad = tmp_path / "bad.pt"
+    data = open(tiny_checkpoint, "rb").read()
+    bad.write_bytes(data[: len(data) // 2])
+    for ck in (tmp_path / "missing.pt", bad):
+        line, out = _exit_line(TINY + ["--out", str(tmp_path / "an"), "--checkpoint", str(ck)], capsys)
+        assert str(ck) in line and "Table 1" not in out
+        assert not (tmp_path / "an").exists()

@@ -381,3 +381,92 @@ def test_help_documents_every_flag():
     from hanet_fast.evaluate import build_parser
     for action in build_parser()._actions:
         assert action.help, action.option_strings
+
+
+# --------------------------------------------------------------------------- files and errors (issue 13)
+def _bdd_tree(root, sizes=((32, 64), (48, 64), (32, 64)), seed=0) -> list:
+    """A BDD100K-format val split: random images, random trainId labels; the label paths."""
+    rng = np.random.default_rng(seed)
+    img_dir, lbl_dir = root / "images" / "10k" / "val", root / "labels" / "sem_seg" / "masks" / "val"
+    img_dir.mkdir(parents=True)
+    lbl_dir.mkdir(parents=True)
+    labels = []
+    for k, size in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(img_dir / f"im{k}.jpg")
+        Image.fromarray(rng.integers(0, NUM_CLASSES, size, dtype=np.uint8)).save(lbl_dir / f"im{k}.png")
+        labels.append(lbl_dir / f"im{k}.png")
+    return labels
+
+
+def _exit_line(argv, capsys) -> str:
+    """main(argv) must exit with status 2 and one line on stderr (no traceback); returns it."""
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    captured = capsys.readouterr()
+    line = captured.err.strip()
+    assert "\n" not in line and "Traceback" not in line, line
+    return line
+
+
+def test_save_labelids_never_replaces_ground_truth_or_earlier_files(tmp_path, capsys):
+    labels = _bdd_tree(tmp_path / "bdd", sizes=((32, 64),) * 2)
+    ground_truth = [p.read_bytes() for p in labels]
+    ck = _save_ours(_tiny_model(), tmp_path / "ck.pt", dataset="synthetic")
+    common = ["--checkpoint", ck, "--dataset", "bdd100k", "--data-root", str(tmp_path / "bdd"), "--workers", "0",
+              "--no-progress"]
+    for extra in ([], ["--overwrite"]):  # the label folder is refused even with --overwrite
+        line = _exit_line(common + ["--save-labelids", str(labels[0].parent)] + extra, capsys)
+        assert "--save-labelids" in line and "data set's folder" in line
+    assert [p.read_bytes() for p in labels] == ground_truth
+    out = tmp_path / "preds"
+    assert main(common + ["--save-labelids", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["im0.png", "im1.png"]
+    (out / "im1.png").write_bytes(b"mine")
+    line = _exit_line(common + ["--save-labelids", str(out)], capsys)
+    assert "--overwrite" in line and "im" in line
+    assert (out / "im1.png").read_bytes() == b"mine"
+    assert main(common + ["--save-labelids", str(out), "--overwrite"]) == 0
+    assert (out / "im1.png").read_bytes() != b"mine"
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "tensor"])
+def test_cli_bad_checkpoint_is_one_line_error(tmp_path, capsys, kind):
+    ck = tmp_path / "ck.pt"
+    if kind == "truncated":
+        data = open(_save_ours(_tiny_model(), tmp_path / "good.pt", dataset="synthetic"), "rb").read()
+        ck.write_bytes(data[: len(data) * 2 // 3])
+    elif kind == "text":
+        ck.write_text("checkpoint = yes\n")
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), ck)
+    line = _exit_line(["--checkpoint", str(ck), "--no-progress"], capsys)
+    assert str(ck) in line
+
+
+def test_cli_missing_data_root_and_unwritable_json_fail_before_evaluating(tmp_path, capsys):
+    ck = _save_ours(_tiny_model(), tmp_path / "ck.pt", dataset="synthetic", synthetic_size=[32, 64], synthetic_val=2)
+    line = _exit_line(["--checkpoint", ck, "--dataset", "bdd100k", "--data-root", str(tmp_path / "nowhere"),
+                       "--no-progress"], capsys)
+    assert str(tmp_path / "nowhere") in line
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as err:
+        main(["--checkpoint", ck, "--workers", "0", "--no-progress", "--json", str(tmp_path / "a_file" / "m.json")])
+    assert err.value.code == 2
+    captured = capsys.readouterr()
+    assert "--json" in captured.err and "mIoU" not in captured.out  # refused before the evaluation ran
+    (tmp_path / "m.json").write_text("{}")
+    line = _exit_line(["--checkpoint", ck, "--workers", "0", "--no-progress", "--json", str(tmp_path / "m.json")],
+                      capsys)
+    assert "--json" in line and "--overwrite" in line and (tmp_path / "m.json").read_text() == "{}"
+
+
+def test_cli_batches_images_of_different_sizes(tmp_path):
+    _bdd_tree(tmp_path / "bdd")  # sizes 32x64, 48x64, 32x64
+    ck = _save_ours(_tiny_model(), tmp_path / "ck.pt", dataset="synthetic")
+    common = ["--checkpoint", ck, "--dataset", "bdd100k", "--data-root", str(tmp_path / "bdd"), "--workers", "0",
+              "--no-progress", "--regions", "1"]
+    assert main(common + ["--batch-size", "2", "--json", str(tmp_path / "two.json")]) == 0
+    assert main(common + ["--batch-size", "1", "--json", str(tmp_path / "one.json")]) == 0
+    two, one = (json.load(open(tmp_path / f"{n}.json")) for n in ("two", "one"))
+    assert two["images"] == 3 and two["confusion"] == one["confusion"]

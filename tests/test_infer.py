@@ -35,8 +35,12 @@ def test_output_stems_mirror_folders_and_keep_same_stems_apart(image_tree):
     assert len(paths) == 4
     stems = output_stems(paths)
     assert sorted(stems) == sorted(["a/x", "b/x", "a/y_png", "a/y_jpg"])
-    # The output folder is never searched (outputs inside the input folder).
-    assert find_images([str(image_tree)], exclude=str(image_tree / "a")) == [str(image_tree / "b" / "x.png")]
+    # Under the output folder, files named like outputs are skipped (earlier runs' outputs), images are not.
+    Image.new("RGB", (8, 8)).save(image_tree / "a" / "x_pred.png")
+    skipped = []
+    assert find_images([str(image_tree)], exclude=str(image_tree / "a"), skipped=skipped) == paths
+    assert skipped == [str(image_tree / "a" / "x_pred.png")]
+    assert len(find_images([str(image_tree)], exclude=str(image_tree / "b"))) == 5
     # One file alone: just its stem.
     assert output_stems([str(image_tree / "b" / "x.png")]) == ["x"]
 
@@ -123,3 +127,145 @@ def test_every_flag_has_help():
     for action in build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
+
+
+# --------------------------------------------------------------------------- never destroy a user's files (issue 13)
+def _scene(i, h=32, w=64):
+    return generate_scene(0, i, h, w)[0]
+
+
+def _run_exit(argv, capsys):
+    """main(argv) must exit with status 2 and one line on stderr; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_infer_never_writes_onto_an_input(tmp_path, tiny_checkpoint, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    Image.fromarray(_scene(0)).save(d / "street.png")
+    Image.fromarray(_scene(1)).save(d / "street_pred.png")
+    before = (d / "street_pred.png").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        err = _run_exit([str(d / "street.png"), str(d / "street_pred.png"), "--checkpoint", tiny_checkpoint,
+                         "--out", str(d), "--no-progress"] + extra, capsys)
+        assert "street.png" in err and "would overwrite the input" in err and str(d / "street_pred.png") in err
+        assert (d / "street_pred.png").read_bytes() == before
+    # The shell's photos/*.png after a first run over the folder: the same refusal.
+    main([str(d / "street.png"), "--checkpoint", tiny_checkpoint, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert sorted(p.name for p in d.iterdir()) == ["street.png", "street_pred.png"]
+
+
+def test_infer_gives_every_input_its_own_outputs(tmp_path, tiny_checkpoint, capsys):
+    names = ["a.png", "a.PNG", "b.jpg", "b.png", "b_jpg.png"]
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, name in enumerate(names):
+        Image.fromarray(_scene(i)).save(d / name, format="JPEG" if name.endswith(".jpg") else "PNG")
+    paths = [str(d / n) for n in names]
+    out = tmp_path / "out"
+    stems = main(paths + ["--checkpoint", tiny_checkpoint, "--out", str(out), "--save-trainids", "--alpha", "0.5",
+                          "--no-progress"])
+    assert "wrote 5 prediction(s) (15 files)" in capsys.readouterr().out
+    assert len({s.casefold() for s in stems}) == 5
+    assert stems == ["a_png", "a_png_2", "b_jpg", "b_png", "b_jpg_2"]  # deterministic: numbered in input order
+    assert len(list(out.iterdir())) == 15
+    for path, stem in zip(paths, stems):
+        # Each output set belongs to its own input: its overlay is drawn over that image.
+        original = np.asarray(Image.open(path).convert("RGB"))
+        ids = _read(str(out / stem) + "_trainids.png")
+        np.testing.assert_array_equal(_read(str(out / stem) + "_overlay.png"), overlay(original, ids, 0.5))
+
+
+def test_infer_replaces_earlier_outputs_only_with_overwrite(image_tree, tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "out"
+    common = [str(image_tree), "--checkpoint", tiny_checkpoint, "--out", str(out), "--no-progress"]
+    stems = main(common)
+    first = (out / (stems[0] + "_pred.png")).stat().st_mtime_ns
+    err = _run_exit(common, capsys)
+    assert "--overwrite" in err and "already exist" in err
+    assert (out / (stems[0] + "_pred.png")).stat().st_mtime_ns == first
+    assert main(common + ["--overwrite"]) == stems
+    assert "wrote 4 prediction(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["same", "above"])
+def test_infer_out_at_or_above_the_input_folder_finds_the_images_not_its_outputs(image_tree, tiny_checkpoint, capsys,
+                                                                                  where):
+    out = image_tree if where == "same" else image_tree.parent
+    common = [str(image_tree), "--checkpoint", tiny_checkpoint, "--out", str(out), "--no-progress"]
+    stems = main(common)
+    assert "wrote 4 prediction(s)" in capsys.readouterr().out
+    # Second run over the same folder: the same four images, not the first run's outputs.
+    assert main(common + ["--overwrite"]) == stems
+    captured = capsys.readouterr()
+    assert "wrote 4 prediction(s)" in captured.out
+    if where == "same":
+        assert "skipped 8 file(s) under --out" in captured.err
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", "half"])
+def test_infer_bad_checkpoint_file_is_one_line_error(tmp_path, tiny_checkpoint, capsys, content):
+    Image.fromarray(_scene(0)).save(tmp_path / "x.png")
+    bad = tmp_path / "bad.pt"
+    data = open(tiny_checkpoint, "rb").read()
+    bad.write_bytes(data[: len(data) // 2] if content == "half" else content)
+    err = _run_exit([str(tmp_path / "x.png"), "--checkpoint", str(bad), "--out", str(tmp_path / "o"), "--no-progress"],
+                    capsys)
+    assert str(bad) in err and ("truncated" in err if content == "half" else "not a PyTorch checkpoint" in err)
+
+
+def test_16_bit_and_float_images_read_as_the_8_bit_image(tmp_path, tiny_checkpoint):
+    from hanet_fast.data import DatasetError, read_image
+    grey = np.asarray(Image.fromarray(_scene(3)).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "gf.tif")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    eight = read_image(str(tmp_path / "g8.png"))
+    np.testing.assert_array_equal(read_image(str(tmp_path / "g16.png")), eight)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "gf.tif")), eight)
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "f255.tif")  # 0-255 floats: ambiguous, refused
+    with pytest.raises(DatasetError, match=r"f255.tif is a float image with values outside \[0, 1\]"):
+        read_image(str(tmp_path / "f255.tif"))
+    # The network sees the same tensors, so the predictions are the same.
+    out = tmp_path / "out"
+    stems = main([str(tmp_path / "g8.png"), str(tmp_path / "g16.png"), "--checkpoint", tiny_checkpoint, "--out",
+                  str(out), "--save-trainids", "--no-progress"])
+    np.testing.assert_array_equal(_read(str(out / stems[0]) + "_trainids.png"),
+                                  _read(str(out / stems[1]) + "_trainids.png"))
+
+
+def test_check_outputs_and_error_exit_helpers(tmp_path, capsys):
+    import argparse
+
+    from hanet_fast._cli import check_outputs, error_exit
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.png").write_bytes(b"x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--out: .*data set's folder"):
+        check_outputs([str(tmp_path / "data" / "sub" / "y.png")], flag="--out", overwrite=True,
+                      protected=[str(tmp_path / "data")])
+    with pytest.raises(ValueError, match="A and B would both be written"):
+        check_outputs([str(tmp_path / "o" / "y.png"), str(tmp_path / "o" / "Y.png")], flag="--out", overwrite=True,
+                      owners=["A", "B"])
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_outputs([str(tmp_path / "file" / "m.json")], flag="--json", overwrite=True)
+    with pytest.raises(ValueError, match="--overwrite"):
+        check_outputs([str(tmp_path / "file")], flag="--json", overwrite=False)
+    check_outputs([str(tmp_path / "file"), str(tmp_path / "new" / "z.png")], flag="--json", overwrite=True)
+    with pytest.raises(ValueError, match="would overwrite the input"):  # a link to an input is the input
+        (tmp_path / "link.png").symlink_to(tmp_path / "data" / "x.png")
+        check_outputs([str(tmp_path / "link.png")], flag="--out", overwrite=True,
+                      inputs=[str(tmp_path / "data" / "x.png")])
+    # A DataLoader worker's error: only the original message is shown, on one line.
+    parser = argparse.ArgumentParser(prog="tool")
+    with pytest.raises(SystemExit):
+        error_exit(parser, RuntimeError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback "
+                                        "(most recent call last):\n  File ...\nhanet_fast.data.datasets.DatasetError: "
+                                        "hanet_fast.data: cannot read image x.png"))
+    assert capsys.readouterr().err == "tool: error: hanet_fast.data: cannot read image x.png\n"

@@ -34,6 +34,29 @@ class DatasetError(RuntimeError):
     """A data set file is missing or unreadable, or a data set tree is malformed."""
 
 
+def _rgb8(im: Image.Image, path: str) -> Image.Image:
+    """8-bit RGB of an image of any mode. 16-bit greyscale (PIL modes ``I;16*``, and ``I``, how
+    older PIL reads 16-bit PNGs) is scaled from 0-65535 and float greyscale (``F``) from 0-1 to
+    0-255, so that a 16-bit copy of an 8-bit image (values x 257) reads back exactly as the 8-bit
+    image; PIL's own conversion would clip them at 255. (16-bit colour PNGs PIL already reads
+    as 8-bit.)"""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DatasetError(f"hanet_fast.data: image {path} is a 32-bit integer image with values outside 0-65535 "
+                               f"({arr.min()}..{arr.max()}); save it as an 8- or 16-bit image")
+        grey = (arr * 255 + 32767) // 65535  # round(v / 257)
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+            raise DatasetError(f"hanet_fast.data: image {path} is a float image with values outside [0, 1] "
+                               f"({arr.min():g}..{arr.max():g}); save it as an 8- or 16-bit image")
+        grey = np.rint(arr * 255)
+    else:
+        return im.convert("RGB")
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+
+
 def _read(path: str, mode: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
         raise DatasetError(f"hanet_fast.data: {what} file not found: {path}")
@@ -41,7 +64,7 @@ def _read(path: str, mode: str, what: str) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             if mode == "RGB":
-                im = im.convert("RGB")
+                im = _rgb8(im, path)
             elif im.mode not in ("L", "P", "I", "I;16"):
                 raise DatasetError(f"hanet_fast.data: {what} {path} has mode {im.mode}, expected a single-channel label map")
             arr = np.asarray(im)
