@@ -41,8 +41,8 @@ def test_help_documents_every_flag():
 
 
 def test_presets_and_baseline_flag():
-    args = resolve_args(["--preset", "cityscapes-r101-os8", "--data-root", "/x"])
-    assert (args.crop_size, args.batch_size, args.iters, args.lr, args.output_stride) == ((768, 768), 2, 40000, 0.01, 8)
+    args = resolve_args(["--preset", "train_r101_os8_hanet", "--data-root", "/x"])
+    assert (args.crop_size, args.batch_size, args.iters, args.lr, args.output_stride) == ((768, 768), 4, 40000, 0.01, 8)
     assert (args.weight_decay, args.hanet_weight_decay, args.aux_weight, args.class_uniform_pct) == (5e-4, 1e-4, 0.4, 0.5)
     args = resolve_args(["--baseline", "--lr", "0.05"])
     assert args.hanet_layers == "0,0,0,0,0" and args.lr == 0.05 and args.dataset == "synthetic"
