@@ -869,3 +869,16 @@ def test_added_official_architectures_limits():
     state["layer0.0.weight"] = torch.zeros(32, 3, 3, 3, device="meta")
     with pytest.raises(OfficialCheckpointError, match="torchvision < 0.5"):
         infer_official_config(state, output_stride=16)
+
+
+def test_pretrained_backbone_from_an_official_snapshot(tmp_path):
+    """train_resnext_fr_pretrain's --snapshot: an official snapshot (module. keys, a numpy mean_iu,
+    other classes' heads) gives its trunk (here a small trunk stands in for ResNeXt-101)."""
+    torch.manual_seed(5)
+    source = deeplabv3plus("mobilenet_v2", 16, num_classes=65, hanet_layers=(0,) * 5)
+    path = tmp_path / "mapillary_snapshot.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in to_official_state_dict(source).items()},
+                "epoch": 3, "mean_iu": np.float64(0.47475), "command": "--dataset mapillary"}, path)
+    model = deeplabv3plus("mobilenet_v2", 16, num_classes=19, pretrained_backbone=path)
+    assert torch.equal(model.layer3[0].conv[1][0].weight, source.layer3[0].conv[1][0].weight)
+    assert not torch.equal(model.aspp.img_conv[0].weight, source.aspp.img_conv[0].weight)  # trunk only

@@ -47,6 +47,7 @@ that its checkpoints give the same outputs here):
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -258,6 +259,20 @@ def _dilate(spec: BackboneSpec, layers: list[nn.Module], output_stride: int) -> 
 
 
 # --------------------------------------------------------------------------- weights
+def numpy_safe_globals() -> list:
+    """numpy types a trusted-format snapshot holds (``mean_iu`` is a numpy float)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return []
+    core = getattr(np, "_core", None) or np.core
+    safe = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return safe
+
+
 def _unwrap_state_dict(obj: object, what: str) -> dict[str, torch.Tensor]:
     """The tensor mapping inside a loaded file: the object itself, or under 'state_dict' /
     'model'; a leading 'module.' (DataParallel / DDP) is removed from every key."""
@@ -361,7 +376,13 @@ def build_trunk(
                     f"hanet_fast.models: pretrained_backbone must be None, 'imagenet' or the path of an existing "
                     f"file, got {path!r}"
                 )
-            state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), repr(path))
+            try:  # official snapshots (e.g. the Mapillary-pretrained one) hold a numpy mean_iu
+                with torch.serialization.safe_globals(numpy_safe_globals()):
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as err:
+                raise ValueError(f"hanet_fast.models: pretrained_backbone {path!r} holds objects that "
+                                 f"torch.load(weights_only=True) refuses: {err}") from err
+            state = _unwrap_state_dict(loaded, repr(path))
             if any(k.startswith("layer0.") for k in state):
                 trunk_state = state
             else:

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES, state_dict_differences
+from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES, numpy_safe_globals, state_dict_differences
 from hanet_fast.models.deeplab import DeepLabConfig, DeepLabV3PlusHANet, HANetConfig
 from hanet_fast.nn.positional import sinusoid_table
 
@@ -91,25 +91,11 @@ class OfficialCheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- reading
-def _numpy_safe_globals() -> list:
-    """numpy types a trusted-format snapshot holds (``mean_iu`` is a numpy float)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return []
-    core = getattr(np, "_core", None) or np.core
-    safe = [core.multiarray.scalar, np.dtype]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return safe
-
-
 def _torch_load(path: str, map_location, weights_only: bool) -> object:
     if not weights_only:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise OfficialCheckpointError(
