@@ -17,22 +17,21 @@ on CPU; ``--sync-bn`` converts BatchNorm to SyncBatchNorm on GPU). ``--batch-siz
 process. ``--resume PATH`` continues a run exactly (model, optimizer, scheduler, AMP scaler,
 sampler position and RNG states); the run's settings are taken from the checkpoint.
 
-Presets (``--preset NAME``; explicit flags override them):
+Presets (``--preset NAME``; explicit flags override them; ``--help`` lists them in a table and
+``--preset NAME --print-config`` prints every setting of one):
 
 - ``synthetic-mobilenet`` (the default): built-in data 128x256, MobileNetV2 OS16, HANet L1-L4,
-  crop 64x128, batch 8, 300 iterations (validation and checkpoint every 100), lr 0.01 (HANet 0.01), scale 0.5-2, class-uniform 0.5,
-  no pretrained weights (nothing to download).
-- ``cityscapes-r101-os8``: the paper's / official ``train_r101_os8_hanet_best.sh``: Cityscapes
-  fine train, ResNet-101 deep stem, OS 8, HANet L1-L4 (16 rows, r 32, sinusoidal encoding at
-  conv 2, jitter 0.5, dropout 0.1), ImageNet backbone, crop 768x768, total batch 8 (``--batch-size
-  2`` x 4 GPUs: run it with ``torchrun --nproc_per_node=4``), 40k iterations, lr 0.01 and HANet
-  lr 0.01, poly 0.9 both, weight decay 5e-4 / HANet 1e-4, scale 0.5-2, color jitter 0.25,
-  gaussian blur, class-uniform 0.5 with 1024 tiles, aux loss 0.4, SyncBN.
-- ``cityscapes-r101-os16``: the same at output stride 16.
-- ``cityscapes-r50-os8``: ResNet-50 (torchvision stem), otherwise as cityscapes-r101-os8.
-- ``bdd100k-r101-os16``: BDD100K (paper §4.3, Table 7): crop 608x608, total batch 16
-  (``--batch-size 4`` x 4 GPUs), 60k iterations, OS 16, otherwise as cityscapes-r101-os8.
-- ``bdd100k-mobilenet-os16``: the same with MobileNetV2 (Table 7's first row).
+  crop 64x128, batch 8, 300 iterations (validation and checkpoint every 100), no pretrained
+  weights (nothing to download).
+- one preset per training script of the official code (github.com/shachoi/HANet ``scripts/``),
+  named after it: ``train_r101_os8_hanet``, ``train_r101_os8_hanet_best``,
+  ``train_r101_os16_hanet``, ``train_m_os16_hanet`` and ``train_resnext_fr_pretrain``, with
+  every setting the script passes and the official ``train.py`` defaults for the rest.
+  ``--batch-size`` is per process: run them with ``torchrun --nproc_per_node=N`` for the
+  script's N GPUs (the table's "batch" column) to get its total batch.
+- ``bdd100k-r101-os16`` and ``bdd100k-mobilenet-os16``: BDD100K as the paper trains it (§4.3:
+  crop 608, total batch 16, 60k iterations; no official script), otherwise as
+  ``train_r101_os16_hanet`` / ``train_m_os16_hanet``.
 """
 
 from __future__ import annotations
@@ -63,32 +62,78 @@ from hanet_fast.training.metrics import format_table, iou_from_confusion
 from hanet_fast.training.schedule import poly_scheduler
 from hanet_fast.training.visualize import attention_figure, prediction_grid, save_png
 
-_PAPER = dict(
-    hanet_layers="1,1,1,1,0", hanet_rows=16, hanet_reduction=32, hanet_pos_injection=2, hanet_pos_noise=0.5,
-    hanet_dropout=0.1, lr=0.01, hanet_lr=0.01, poly_power=0.9, hanet_poly_power=0.9, weight_decay=5e-4,
-    hanet_weight_decay=1e-4, momentum=0.9, aux_weight=0.4, scale_min=0.5, scale_max=2.0, color_jitter=0.25,
-    blur=0.5, class_uniform_pct=0.5, pretrained_backbone="imagenet", sync_bn=True,
+# What every official training script (scripts/train_*.sh of github.com/shachoi/HANet) passes
+# alike, and the official train.py defaults none of them changes, in hanet_fast's terms.
+_OFFICIAL_SCRIPT = dict(
+    lr=0.01, poly_power=0.9,                   # --lr 0.01 --poly_exp 0.9
+    hanet_lr=0.01, hanet_poly_power=0.9,       # --hanet_lr 0.01 --hanet_poly_exp 0.9
+    class_uniform_pct=0.5, class_uniform_tile=1024,  # --class_uniform_pct 0.5 --class_uniform_tile 1024
+    sync_bn=True,                              # --syncbn
+    scale_min=0.5, scale_max=2.0,              # --scale_min 0.5 --scale_max 2.0 (--rrotate 0: no rotation)
+    color_jitter=0.25,                         # --color_aug 0.25
+    blur=1.0,                                  # --gblur: every training sample is blurred
+    hanet_layers="1,1,1,1,0",                  # --hanet 1 1 1 1 0
+    hanet_pos_injection=2,                     # --hanet_pos 2 1: injected after the first conv, sinusoidal
+    hanet_rows=16,                             # --pos_rfactor 8: 128 // 8 coarse rows
+    hanet_dropout=0.1,                         # --dropout 0.1
+    aux_weight=0.4,                            # --aux_loss; train.py adds 0.4 x the auxiliary loss
+    weight_decay=5e-4,                         # optimizer.py: the main network's decay is fixed at 5e-4
+    hanet_weight_decay=1e-4,                   # --hanet_wd default
+    momentum=0.9,                              # --momentum default
+    img_wt_loss=False, cls_wt_loss=False,      # defaults unless the script passes them
+    dataset="cityscapes", train_split="train", val_every=2000, ckpt_every=2000,
     synthetic_size=(128, 256), synthetic_train=2000, synthetic_val=100,
 )
+# The official code loads its deep-stem ResNet-101 ImageNet weights from this file
+# (network/Resnet.py); torchvision has no such weights.
+_R101_IMAGENET = "pretrained/resnet101-imagenet.pth"
 
 PRESETS: dict[str, dict] = {
     "synthetic-mobilenet": dict(
-        _PAPER, dataset="synthetic", backbone="mobilenet_v2", output_stride=16, crop_size=(64, 128), batch_size=8,
-        iters=300, pretrained_backbone="none", synthetic_size=(128, 256), synthetic_train=2000, synthetic_val=100,
-        class_uniform_tile=0, val_every=100, ckpt_every=100,
+        dataset="synthetic", train_split="train", backbone="mobilenet_v2", output_stride=16, crop_size=(64, 128),
+        batch_size=8, iters=300, pretrained_backbone="none", synthetic_size=(128, 256), synthetic_train=2000,
+        synthetic_val=100, class_uniform_pct=0.5, class_uniform_tile=0, val_every=100, ckpt_every=100,
+        hanet_layers="1,1,1,1,0", hanet_rows=16, hanet_reduction=32, hanet_pos_injection=2, hanet_pos_noise=0.5,
+        hanet_dropout=0.1, lr=0.01, hanet_lr=0.01, poly_power=0.9, hanet_poly_power=0.9, weight_decay=5e-4,
+        hanet_weight_decay=1e-4, momentum=0.9, aux_weight=0.4, scale_min=0.5, scale_max=2.0, color_jitter=0.25,
+        blur=0.5, sync_bn=True, cls_wt_loss=False, img_wt_loss=False,
     ),
-    "cityscapes-r101-os8": dict(
-        _PAPER, dataset="cityscapes", backbone="resnet101_deepstem", output_stride=8, crop_size=(768, 768),
-        batch_size=2, iters=40000, class_uniform_tile=1024, val_every=2000, ckpt_every=2000,
+    "train_r101_os8_hanet": dict(
+        _OFFICIAL_SCRIPT, backbone="resnet101_deepstem", output_stride=8, pretrained_backbone=_R101_IMAGENET,
+        crop_size=(768, 768), iters=40000, batch_size=4, hanet_reduction=64, hanet_pos_noise=0.5,
+    ),
+    "train_r101_os8_hanet_best": dict(
+        _OFFICIAL_SCRIPT, train_split="trainval", backbone="resnet101_deepstem", output_stride=8,
+        pretrained_backbone=_R101_IMAGENET, crop_size=(864, 864), iters=90000, batch_size=3, hanet_reduction=64,
+        hanet_pos_noise=0.5, cls_wt_loss=True,
+    ),
+    "train_r101_os16_hanet": dict(
+        _OFFICIAL_SCRIPT, backbone="resnet101_deepstem", output_stride=16, pretrained_backbone=_R101_IMAGENET,
+        crop_size=(768, 768), iters=40000, batch_size=4, hanet_reduction=32, hanet_pos_noise=0.5,
+    ),
+    "train_m_os16_hanet": dict(
+        _OFFICIAL_SCRIPT, backbone="mobilenet_v2", output_stride=16, pretrained_backbone="imagenet",
+        crop_size=(768, 768), iters=40000, batch_size=8, hanet_reduction=16, hanet_pos_noise=0.3,
+    ),
+    # Starts from the official Mapillary-pretrained snapshot (--snapshot; only its trunk is loaded
+    # here) and does not reproduce --coarse_boost_classes (see docs/fidelity/recipes.md).
+    "train_resnext_fr_pretrain": dict(
+        _OFFICIAL_SCRIPT, train_split="trainval", backbone="resnext101_32x8d", output_stride=8,
+        pretrained_backbone="pretrained/resnext_mapillary_0.47475.pth", crop_size=(864, 864), iters=90000,
+        batch_size=2, hanet_reduction=64, hanet_pos_noise=0.5, cls_wt_loss=True,
     ),
 }
-PRESETS["cityscapes-r101-os16"] = dict(PRESETS["cityscapes-r101-os8"], output_stride=16)
-PRESETS["cityscapes-r50-os8"] = dict(PRESETS["cityscapes-r101-os8"], backbone="resnet50")
-PRESETS["bdd100k-r101-os16"] = dict(
-    PRESETS["cityscapes-r101-os8"], dataset="bdd100k", output_stride=16, crop_size=(608, 608), batch_size=4,
-    iters=60000, class_uniform_tile=640,
-)
-PRESETS["bdd100k-mobilenet-os16"] = dict(PRESETS["bdd100k-r101-os16"], backbone="mobilenet_v2")
+# BDD100K (paper §4.3): crop 608, total batch 16, 60k iterations; no official script.
+PRESETS["bdd100k-r101-os16"] = dict(PRESETS["train_r101_os16_hanet"], dataset="bdd100k", crop_size=(608, 608),
+                                    iters=60000, batch_size=8)
+PRESETS["bdd100k-mobilenet-os16"] = dict(PRESETS["train_m_os16_hanet"], dataset="bdd100k", crop_size=(608, 608),
+                                         iters=60000, batch_size=16)
+
+#: Processes (GPUs, ``torchrun --nproc_per_node``) each preset's total batch assumes: the
+#: official script's ``--nproc_per_node``.
+PRESET_PROCESSES = {"synthetic-mobilenet": 1, "train_r101_os8_hanet": 2, "train_r101_os8_hanet_best": 4,
+                    "train_r101_os16_hanet": 2, "train_m_os16_hanet": 1, "train_resnext_fr_pretrain": 6,
+                    "bdd100k-r101-os16": 2, "bdd100k-mobilenet-os16": 1}
 
 DEFAULT_PRESET = "synthetic-mobilenet"
 
@@ -97,19 +142,52 @@ _RUNTIME_KEYS = ("out", "resume", "workers", "no_progress", "stop_after", "devic
                  "log_every", "deterministic")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Flag defaults shown, and the epilog's preset table kept as laid out."""
+
+
+def preset_table() -> str:
+    """The presets as a plain-text table: name, backbone, output stride, crop, iterations, batch."""
+    head = ("preset", "backbone", "OS", "crop", "iterations", "batch")
+    rows = [head] + [
+        (name, cfg["backbone"], str(cfg["output_stride"]), "x".join(map(str, cfg["crop_size"])), str(cfg["iters"]),
+         f"{cfg['batch_size']}x{PRESET_PROCESSES[name]}={cfg['batch_size'] * PRESET_PROCESSES[name]}")
+        for name, cfg in PRESETS.items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    marked = [lines[0]] + [line + ("  (default)" if name == DEFAULT_PRESET else "")
+                           for line, name in zip(lines[1:], PRESETS)]
+    return "presets:\n" + "\n".join("  " + line for line in marked)
+
+
+def format_config(args: argparse.Namespace) -> str:
+    """Every setting of ``args`` (a preset with any explicit flags applied), one ``key = value``
+    line each, values as JSON, after a header naming the preset and its processes."""
+    n = PRESET_PROCESSES[args.preset]
+    lines = [f"# preset {args.preset}: total batch {args.batch_size * n} = --batch-size {args.batch_size} x {n} "
+             f"process{'es' if n > 1 else ''} (torchrun --nproc_per_node={n})"]
+    for key, value in sorted(vars(args).items()):
+        if key != "print_config":
+            lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hanet_fast.train",
         description="Train DeepLabv3+ with HANet (height-driven attention, CVPR 2020) for urban-scene segmentation. "
                     "With no arguments: MobileNetV2 + HANet on the built-in synthetic street scenes.",
-        epilog="Presets: " + "; ".join(
-            f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) for name, cfg in PRESETS.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=preset_table() + "\n\nbatch: --batch-size per process x processes (torchrun --nproc_per_node) = the "
+               "official script's total batch.\nAll settings of one preset: --preset NAME --print-config",
+        formatter_class=_HelpFormatter,
     )
     S = argparse.SUPPRESS  # defaults come from the preset (shown in the epilog)
     g = p.add_argument_group("run")
     g.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help="a set of defaults (see the epilog); explicit flags override it")
+                   help="a set of defaults (see the table below); explicit flags override it")
+    g.add_argument("--print-config", action="store_true",
+                   help="print every setting (the preset's, with any flags given applied) and exit")
     g.add_argument("--out", default=None, help="run folder (default runs/<timestamp>; with --resume, the checkpoint's folder)")
     g.add_argument("--resume", default=None, help="checkpoint file (or run folder) to continue exactly")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
@@ -126,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training data (preset default: synthetic)")
     g.add_argument("--data-root", default=None, help="data set root (cityscapes: holds leftImg8bit/ and gtFine/; "
                    "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
-    g.add_argument("--train-split", default="train", help="training split (cityscapes/bdd100k)")
+    g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k; preset default: train)")
     g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
     g.add_argument("--synthetic-size", type=size_arg, default=S, help="synthetic scene size H,W (preset: 128,256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
@@ -146,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=S, help="mobilenet_v2, resnet50, resnet101, resnet101_deepstem, resnext101_32x8d, "
-                   "wide_resnet50_2, wide_resnet101_2, shufflenet_v2_x1_0")
+    g.add_argument("--backbone", default=S, help="mobilenet_v2, resnet50, resnet101, resnet101_deepstem, resnet152, "
+                   "resnext50_32x4d, resnext101_32x8d, wide_resnet50_2, wide_resnet101_2, shufflenet_v2_x1_0, "
+                   "mnasnet0_5, mnasnet1_0")
     g.add_argument("--output-stride", type=int, choices=[8, 16, 32], default=S, help="backbone output stride")
     g.add_argument("--hanet-layers", default=S, help="five 0/1 flags for HANet L1..L5, e.g. 1,1,1,1,0")
     g.add_argument("--baseline", action="store_true", help="no HANet (same as --hanet-layers 0,0,0,0,0)")
@@ -172,6 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=S, help="weight decay of the network (paper: 5e-4)")
     g.add_argument("--hanet-weight-decay", type=float, default=S, help="weight decay of HANet (paper: 1e-4)")
     g.add_argument("--aux-weight", type=float, default=S, help="auxiliary loss weight (paper: 0.4)")
+    g.add_argument("--cls-wt-loss", dest="cls_wt_loss", action="store_true", default=S,
+                   help="weight the main and auxiliary cross-entropy by the official per-class weights")
+    g.add_argument("--no-cls-wt-loss", dest="cls_wt_loss", action="store_false", default=S,
+                   help="unweighted cross-entropy (overrides a preset's --cls-wt-loss)")
+    g.add_argument("--img-wt-loss", dest="img_wt_loss", action="store_true", default=S,
+                   help="official per-image class-histogram weighted main loss (summed over the batch)")
+    g.add_argument("--no-img-wt-loss", dest="img_wt_loss", action="store_false", default=S,
+                   help="no per-image weighting (overrides a preset's --img-wt-loss)")
+    g.add_argument("--batch-weighting", action="store_true",
+                   help="with --img-wt-loss: one class histogram for the whole batch instead of one per image")
+    g.add_argument("--wt-bound", type=float, default=1.0,
+                   help="with --img-wt-loss: a present class's weight is 1 + wt_bound x (1 - its pixel fraction)")
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 uses a GradScaler)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=S, help="SyncBatchNorm under DDP on GPU")
@@ -185,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_loss_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not math.isfinite(args.wt_bound) or args.wt_bound < 0:
+        parser.error(f"--wt-bound must be a finite number >= 0, got {args.wt_bound}")
+    if not args.img_wt_loss and (args.batch_weighting or args.wt_bound != 1.0):
+        parser.error("--batch-weighting and --wt-bound apply to --img-wt-loss only")
+
+
 def resolve_args(argv=None) -> argparse.Namespace:
     """Parse ``argv`` and fill in the preset's defaults (and, with --resume, the checkpoint's settings)."""
     parser = build_parser()
@@ -193,6 +291,10 @@ def resolve_args(argv=None) -> argparse.Namespace:
     for key, value in preset.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    if args.print_config:
+        print(format_config(args))
+        parser.exit(0)
+    _check_loss_args(parser, args)
     if args.baseline:
         args.hanet_layers = "0,0,0,0,0"
     args.crop_size = tuple(args.crop_size)
@@ -453,7 +555,9 @@ def train(args) -> dict:
         row_pos = batch["row_pos"].to(device, non_blocking=True)
         with _autocast(args, device):
             res = model(images, row_pos)
-        loss, parts = segmentation_loss(res.logits, masks, res.aux_logits, args.aux_weight)
+        loss, parts = segmentation_loss(res.logits, masks, res.aux_logits, args.aux_weight,
+                                        class_weighted=args.cls_wt_loss, image_weighted=args.img_wt_loss,
+                                        batch_weighting=args.batch_weighting, wt_bound=args.wt_bound)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

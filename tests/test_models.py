@@ -157,6 +157,8 @@ class OfficialASPP(nn.Module):
         super().__init__()
         if output_stride == 8:
             rates = [2 * r for r in rates]
+        elif output_stride == 4:
+            rates = [4 * r for r in rates]
         elif output_stride == 32:
             rates = [r // 2 for r in rates]
         features = [nn.Sequential(nn.Conv2d(in_dim, reduction_dim, kernel_size=1, bias=False),
@@ -214,11 +216,15 @@ class OfficialResNet3X3(nn.Module):
 OFFICIAL_TRUNKS = {  # official trunk name -> hanet_fast backbone
     "resnet-50": "resnet50",
     "resnet-101": "resnet101_deepstem",
+    "resnet-152": "resnet152",
+    "resnext-50": "resnext50_32x4d",
     "resnext-101": "resnext101_32x8d",
     "wide_resnet-50": "wide_resnet50_2",
     "wide_resnet-101": "wide_resnet101_2",
     "shufflenetv2": "shufflenet_v2_x1_0",
     "mobilenetv2": "mobilenet_v2",
+    "mnasnet_05": "mnasnet0_5",
+    "mnasnet_10": "mnasnet1_0",
 }
 
 
@@ -242,6 +248,18 @@ class OfficialDeepV3PlusHANet(nn.Module):
             self.layer2 = nn.Sequential(f[7], f[8], f[9], f[10])
             self.layer3 = nn.Sequential(f[11], f[12], f[13], f[14], f[15], f[16], f[17])
             self.layer4 = nn.Sequential(f[18])
+        elif trunk in ("mnasnet_05", "mnasnet_10"):
+            if trunk == "mnasnet_05":
+                channel_3rd, prev_final_channel, final_channel = 24, 160, 1280
+                m = tvm.mnasnet0_5().layers
+            else:
+                channel_3rd, prev_final_channel, final_channel = 40, 320, 1280
+                m = tvm.mnasnet1_0().layers
+            self.layer0 = nn.Sequential(m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7])
+            self.layer1 = nn.Sequential(m[8], m[9])
+            self.layer2 = nn.Sequential(m[10], m[11])
+            self.layer3 = nn.Sequential(m[12], m[13])
+            self.layer4 = nn.Sequential(m[14], m[15], m[16])
         else:
             channel_3rd, prev_final_channel, final_channel = 256, 1024, 2048
             if trunk == "resnet-101":
@@ -249,12 +267,14 @@ class OfficialDeepV3PlusHANet(nn.Module):
                 resnet.layer0 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu1, resnet.conv2, resnet.bn2,
                                               resnet.relu2, resnet.conv3, resnet.bn3, resnet.relu3, resnet.maxpool)
             else:
-                resnet = {"resnet-50": tvm.resnet50, "resnext-101": tvm.resnext101_32x8d,
-                          "wide_resnet-50": tvm.wide_resnet50_2, "wide_resnet-101": tvm.wide_resnet101_2}[trunk]()
+                # Resnet.py's resnet50 / resnet152 are torchvision's structure and names
+                resnet = {"resnet-50": tvm.resnet50, "resnet-152": tvm.resnet152, "resnext-50": tvm.resnext50_32x4d,
+                          "resnext-101": tvm.resnext101_32x8d, "wide_resnet-50": tvm.wide_resnet50_2,
+                          "wide_resnet-101": tvm.wide_resnet101_2}[trunk]()
                 resnet.layer0 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
             self.layer0 = resnet.layer0
             self.layer1, self.layer2, self.layer3, self.layer4 = resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4
-        if trunk in ("shufflenetv2", "mobilenetv2"):
+        if trunk in ("shufflenetv2", "mobilenetv2", "mnasnet_05", "mnasnet_10"):
             def dilate(layer, d):
                 for m in layer.modules():
                     if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
@@ -274,9 +294,13 @@ class OfficialDeepV3PlusHANet(nn.Module):
             if variant == "D":
                 dilate(self.layer3, 2)
                 dilate(self.layer4, 4)
+            elif variant == "D4":
+                dilate(self.layer2, 2)
+                dilate(self.layer3, 4)
+                dilate(self.layer4, 8)
             elif variant == "D16":
                 dilate(self.layer4, 2)
-        os_ = {"D": 8, "D16": 16}.get(variant, 32)
+        os_ = {"D": 8, "D4": 4, "D16": 16}.get(variant, 32)
         self.aspp = OfficialASPP(final_channel, 256, output_stride=os_)
         self.bot_fine = nn.Sequential(nn.Conv2d(channel_3rd, 48, kernel_size=1, bias=False), nn.BatchNorm2d(48),
                                       nn.ReLU(inplace=True))
@@ -391,8 +415,14 @@ def test_official_fixture_naming():
 
 
 # ============================================================================ every backbone x output stride
-@pytest.mark.parametrize("output_stride", [8, 16, 32])
-@pytest.mark.parametrize("backbone", BACKBONES)
+# Every backbone at 8/16/32; output stride 4 (ResNet family only) once.
+STRIDE_CASES = [(b, os_) for b in BACKBONES for os_ in (8, 16, 32)] + [("resnet50", 4)]
+# MNASNet's strided 5x5 depthwise convolutions, dilated with padding = dilation as the official
+# code does, shrink stage 3 by this many rows and columns (at stride 8 / 16).
+MNASNET_SHRINK = {8: 12, 16: 4, 32: 0}
+
+
+@pytest.mark.parametrize("backbone,output_stride", STRIDE_CASES)
 def test_backbone_output_stride_forward_backward(backbone, output_stride):
     torch.manual_seed(0)
     model = deeplabv3plus(backbone, output_stride, num_classes=3, hanet_layers=(1, 1, 1, 1, 1)).train()
@@ -401,17 +431,19 @@ def test_backbone_output_stride_forward_backward(backbone, output_stride):
     shapes = {}
     for name in ("layer1", "layer3", "layer4"):
         getattr(model, name).register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, out.shape))
-    H, W = 33, 41
+    mnasnet = backbone.startswith("mnasnet")
+    H, W = (129, 135) if mnasnet else (33, 41)
     images = torch.randn(2, 3, H, W)
     out = model(images, _row_pos(2, H, top=5, full=80), return_attention=True)
-    halvings = {8: 3, 16: 4, 32: 5}[output_stride]
+    halvings = {4: 2, 8: 3, 16: 4, 32: 5}[output_stride]
     stage3 = halvings if spec.family == "mobile" else min(halvings, 4)
+    shrink = MNASNET_SHRINK[output_stride] if mnasnet else 0
     low = int(math.log2(spec.low_stride))
     assert shapes["layer1"] == (2, spec.low_channels, _down(H, low), _down(W, low))
-    assert shapes["layer3"] == (2, spec.aux_channels, _down(H, stage3), _down(W, stage3))
-    assert shapes["layer4"] == (2, spec.out_channels, _down(H, halvings), _down(W, halvings))
+    assert shapes["layer3"] == (2, spec.aux_channels, _down(H, stage3) - shrink, _down(W, stage3) - shrink)
+    assert shapes["layer4"] == (2, spec.out_channels, _down(H, halvings) - shrink, _down(W, halvings) - shrink)
     assert out.logits.shape == (2, 3, H, W)
-    assert out.aux_logits.shape == (2, 3, _down(H, stage3), _down(W, stage3))
+    assert out.aux_logits.shape == (2, 3, _down(H, stage3) - shrink, _down(W, stage3) - shrink)
     assert set(out.attention) == {"L1", "L2", "L3", "L4", "L5"}
     (out.logits.square().mean() + out.aux_logits.square().mean()).backward()
     for name, p in model.named_parameters():
@@ -640,11 +672,15 @@ def _command(arch: str, hanet, hanet_set, hanet_pos, pos_rfactor=8, extra="") ->
 ARCHS = {
     "resnet-50": "DeepR50V3PlusD_HANet",
     "resnet-101": "DeepR101V3PlusD_HANet",
+    "resnet-152": "DeepR152V3PlusD_HANet",
+    "resnext-50": "DeepResNext50V3PlusD_HANet",
     "resnext-101": "DeepResNext101V3PlusD_HANet",
     "wide_resnet-50": "DeepWideResNet50V3PlusD_HANet",
     "wide_resnet-101": "DeepWideResNet101V3PlusD_HANet",
     "shufflenetv2": "DeepShuffleNetV3PlusD_HANet",
     "mobilenetv2": "DeepMobileNetV3PlusD_HANet",
+    "mnasnet_05": "DeepMNASNet05V3PlusD_HANet",
+    "mnasnet_10": "DeepMNASNet10V3PlusD_HANet",
 }
 
 
@@ -719,6 +755,20 @@ OFFICIAL_CASES = {
     # MobileNetV2, OS 16, all five layers, two convs, kernel 5, learned table injected at the input
     "mbv2_os16": dict(trunk="mobilenetv2", variant="D16", arch="DeepMobileNetV3PlusD_HANet", size=(256, 40),
                       kwargs=dict(hanet=(1, 1, 1, 1, 1), hanet_set=(5, 16, 2), hanet_pos=(1, 0))),
+    # the official architectures added later, each as deepv3.py defines it, with the scripts'
+    # HANet settings; sizes where every x_low height is a multiple of the 16 rows
+    "resnext101_os4": dict(trunk="resnext-101", variant="D4", arch="DeepResNext101V3PlusD_HANet_OS4", size=(64, 16),
+                           kwargs=dict(hanet=(1, 1, 1, 1, 0), hanet_set=(3, 64, 3), hanet_pos=(2, 1))),
+    "r152_os8": dict(trunk="resnet-152", variant="D", arch="DeepR152V3PlusD_HANet_OS8", size=(128, 16),
+                     kwargs=dict(hanet=(1, 1, 1, 1, 0), hanet_set=(3, 64, 3), hanet_pos=(2, 1))),
+    "resnext50_os16": dict(trunk="resnext-50", variant="D16", arch="DeepResNext50V3PlusD_HANet", size=(256, 32),
+                           kwargs=dict(hanet=(1, 1, 1, 1, 0), hanet_set=(3, 32, 3), hanet_pos=(2, 1))),
+    # MNASNet at OS 16 (stage 3: 320 / 16 - 4 = 16 rows); L4/L5 off: their x_low (stride 8, 40
+    # rows) is not a multiple of 16 rows
+    "mnasnet05_os16": dict(trunk="mnasnet_05", variant="D16", arch="DeepMNASNet05V3PlusD_HANet", size=(320, 96),
+                           kwargs=dict(hanet=(1, 1, 1, 0, 0), hanet_set=(3, 16, 3), hanet_pos=(2, 1))),
+    "mnasnet10_os16": dict(trunk="mnasnet_10", variant="D16", arch="DeepMNASNet10V3PlusD_HANet", size=(320, 96),
+                           kwargs=dict(hanet=(1, 1, 1, 0, 0), hanet_set=(3, 16, 3), hanet_pos=(2, 1))),
 }
 
 
@@ -803,3 +853,32 @@ def test_cost_matches_paper_table2(backbone, output_stride, reduction):
     plus = model_cost(backbone, output_stride, (1, 1, 1, 1, 0), HANetConfig(reduction=reduction))
     assert round(base.params / 1e6, 1) == paper[0] and round(plus.params / 1e6, 1) == paper[1]
     assert abs(base.paper_gflops - paper[2]) <= 0.015 and abs(plus.paper_gflops - paper[3]) <= 0.015
+
+
+def test_added_official_architectures_limits():
+    """Output stride 4 exists for the ResNet family only (official variant D4); an MNASNet 0.5
+    checkpoint from torchvision < 0.5 (unscaled 32-channel stem) is named, not mis-loaded."""
+    with pytest.raises(ValueError, match="output_stride of mobilenet_v2"):
+        deeplabv3plus("mobilenet_v2", 4)
+    with torch.device("meta"):
+        model = deeplabv3plus("mnasnet0_5", 16, hanet_layers=(1, 1, 1, 0, 0))
+        assert model.aspp.rates == (6, 12, 18)
+        assert deeplabv3plus("resnet50", 4).aspp.rates == (24, 48, 72)
+    state = to_official_state_dict(model)
+    assert infer_official_config(state, output_stride=16).backbone == "mnasnet0_5"
+    state["layer0.0.weight"] = torch.zeros(32, 3, 3, 3, device="meta")
+    with pytest.raises(OfficialCheckpointError, match="torchvision < 0.5"):
+        infer_official_config(state, output_stride=16)
+
+
+def test_pretrained_backbone_from_an_official_snapshot(tmp_path):
+    """train_resnext_fr_pretrain's --snapshot: an official snapshot (module. keys, a numpy mean_iu,
+    other classes' heads) gives its trunk (here a small trunk stands in for ResNeXt-101)."""
+    torch.manual_seed(5)
+    source = deeplabv3plus("mobilenet_v2", 16, num_classes=65, hanet_layers=(0,) * 5)
+    path = tmp_path / "mapillary_snapshot.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in to_official_state_dict(source).items()},
+                "epoch": 3, "mean_iu": np.float64(0.47475), "command": "--dataset mapillary"}, path)
+    model = deeplabv3plus("mobilenet_v2", 16, num_classes=19, pretrained_backbone=path)
+    assert torch.equal(model.layer3[0].conv[1][0].weight, source.layer3[0].conv[1][0].weight)
+    assert not torch.equal(model.aspp.img_conv[0].weight, source.aspp.img_conv[0].weight)  # trunk only

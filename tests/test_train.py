@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from hanet_fast.data import SyntheticUrbanScenes, TrainTransform
@@ -41,8 +42,8 @@ def test_help_documents_every_flag():
 
 
 def test_presets_and_baseline_flag():
-    args = resolve_args(["--preset", "cityscapes-r101-os8", "--data-root", "/x"])
-    assert (args.crop_size, args.batch_size, args.iters, args.lr, args.output_stride) == ((768, 768), 2, 40000, 0.01, 8)
+    args = resolve_args(["--preset", "train_r101_os8_hanet", "--data-root", "/x"])
+    assert (args.crop_size, args.batch_size, args.iters, args.lr, args.output_stride) == ((768, 768), 4, 40000, 0.01, 8)
     assert (args.weight_decay, args.hanet_weight_decay, args.aux_weight, args.class_uniform_pct) == (5e-4, 1e-4, 0.4, 0.5)
     args = resolve_args(["--baseline", "--lr", "0.05"])
     assert args.hanet_layers == "0,0,0,0,0" and args.lr == 0.05 and args.dataset == "synthetic"
@@ -137,3 +138,41 @@ def test_iou_metrics():
     assert ious[:3] == [1 / 3, 2 / 3, 0.0] and ious[3] != ious[3]  # class 3 absent: nan, left out of the mean
     assert abs(miou - 1 / 3) < 1e-12 and abs(acc - 3 / 5) < 1e-12
     assert "mIoU" in format_table(ious, miou, acc, names=["a", "b", "c", "d"])
+
+
+def test_poly_schedule_per_group_powers():
+    """Each group's learning rate after k steps is base * (1 - k / T) ** power, with its own power."""
+    from hanet_fast.training.schedule import poly_scheduler
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.02}], lr=0.1)
+    total, powers = 10, (2.0, 0.5)
+    scheduler = poly_scheduler(opt, total, list(powers))
+    for k in range(total + 1):
+        for group, base, power in zip(opt.param_groups, (0.1, 0.02), powers):
+            assert group["lr"] == pytest.approx(base * (1 - k / total) ** power, rel=1e-12, abs=1e-15), (k, power)
+        opt.step()
+        scheduler.step()
+
+
+@pytest.fixture(scope="module")
+def optimizer_run(tmp_path_factory):
+    """A run stopped half way (iteration 2 of 4) with distinct powers, learning rates and decays."""
+    tmp = tmp_path_factory.mktemp("optim")
+    main(TINY + ["--iters", "4", "--stop-after", "2", "--workers", "0", "--ckpt-every", "0", "--out", str(tmp / "run"),
+                 "--cache-dir", str(tmp / "cache"), "--poly-power", "2", "--hanet-poly-power", "0.5", "--lr", "0.02",
+                 "--hanet-lr", "0.005", "--weight-decay", "3e-4", "--hanet-weight-decay", "2e-5"])
+    ckpt = _weights(tmp / "run")
+    assert ckpt["iteration"] == 2
+    return {g["name"]: g for g in ckpt["optimizer"]["param_groups"]}
+
+
+def test_cli_poly_powers_in_saved_optimizer_state(optimizer_run):
+    # --poly-power 2 --hanet-poly-power 0.5, 2 of 4 iterations done: (1 - 2/4) ** p
+    assert optimizer_run["main"]["lr"] == pytest.approx(0.02 * 0.5 ** 2, rel=1e-12)
+    assert optimizer_run["hanet"]["lr"] == pytest.approx(0.005 * 0.5 ** 0.5, rel=1e-12)
+
+
+def test_cli_hanet_lr_and_weight_decay_in_saved_optimizer_state(optimizer_run):
+    assert optimizer_run["main"]["initial_lr"] == 0.02 and optimizer_run["hanet"]["initial_lr"] == 0.005
+    assert optimizer_run["main"]["weight_decay"] == 3e-4 and optimizer_run["hanet"]["weight_decay"] == 2e-5
+    assert optimizer_run["main"]["momentum"] == optimizer_run["hanet"]["momentum"] == 0.9

@@ -7,8 +7,10 @@ that the stage modules carry the official parameter names:
 ===================  ==========================================  =========  =======  =======
 backbone             layer0 / layer1 / layer2 / layer3 / layer4  low-level  stage 3  stage 4
 ===================  ==========================================  =========  =======  =======
-resnet50, resnet101  stem (7x7 conv, BN, ReLU, max pool) /       256 ch,    1024 ch  2048 ch
-resnext101_32x8d,    layer1 / layer2 / layer3 / layer4           stride 4
+resnet50, resnet101, stem (7x7 conv, BN, ReLU, max pool) /       256 ch,    1024 ch  2048 ch
+resnet152,           layer1 / layer2 / layer3 / layer4           stride 4
+resnext50_32x4d,
+resnext101_32x8d,
 wide_resnet50_2,
 wide_resnet101_2
 resnet101_deepstem   stem of three 3x3 convs (64, 64, 128) as    256 ch,    1024 ch  2048 ch
@@ -18,24 +20,34 @@ mobilenet_v2         features[0:2] / [2:7] / [7:11] / [11:18] /  32 ch,     320 
                      Sequential(features[18])                    stride 8
 shufflenet_v2_x1_0   Sequential(conv1, maxpool) / stage2 /       116 ch,    464 ch   1024 ch
                      stage3 / stage4 / conv5                     stride 8
+mnasnet0_5           layers[0:8] / [8:10] / [10:12] / [12:14] /  24 ch,     160 ch   1280 ch
+mnasnet1_0           [14:17] (each a Sequential)                 40 ch,     320 ch   1280 ch
+                                                                 stride 8
 ===================  ==========================================  =========  =======  =======
 
-Output stride 8 / 16 / 32 is reached by dilation, the way the official code does it (so that
-its checkpoints give the same outputs here):
+Output stride 4 / 8 / 16 / 32 is reached by dilation, the way the official code does it (so
+that its checkpoints give the same outputs here):
 
 - ResNet family: at output stride 16 every ``conv2`` (the 3x3) of ``layer4`` gets dilation 2 and
   stride 1, and ``downsample.0`` stride 1; at output stride 8 ``layer3`` gets dilation 2 and
-  ``layer4`` dilation 4 the same way. Every block of a dilated stage has the same dilation (the
+  ``layer4`` dilation 4 the same way; at output stride 4 (official variant ``D4``, used by its
+  ResNeXt-101 OS 4 network) ``layer2``, ``layer3`` and ``layer4`` get dilations 2, 4 and 8. Every block of a dilated stage has the same dilation (the
   official rule; torchvision's ``replace_stride_with_dilation`` would keep the first block of a
   stage at the previous dilation and give different outputs for the same weights).
-- MobileNetV2 and ShuffleNetV2: every strided 3x3 convolution of ``layer3`` (output stride 16)
-  or of ``layer2`` and ``layer3`` (dilation 2 and 4, output stride 8) gets stride 1 and that
-  dilation; the other convolutions of those stages keep dilation 1 (again the official rule).
+- MobileNetV2, ShuffleNetV2 and MNASNet: every strided convolution of ``layer3`` (output
+  stride 16) or of ``layer2`` and ``layer3`` (dilation 2 and 4, output stride 8) gets stride 1,
+  that dilation and padding equal to the dilation; the other convolutions of those stages keep
+  dilation 1 (again the official rule; output stride 4 is not defined for these trunks). The
+  padding is "same" for 3x3 kernels only: MNASNet's strided depthwise convolutions are 5x5, so,
+  as in the official network, each one dilated by ``d`` shrinks its output by ``2 * d`` rows and
+  columns (at output stride 16, ``layer3``'s output is 4 smaller than the input / 16; at output
+  stride 8, 12 smaller than the input / 8).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -56,20 +68,27 @@ BACKBONES = (
     "resnet50",
     "resnet101",
     "resnet101_deepstem",
+    "resnet152",
+    "resnext50_32x4d",
     "resnext101_32x8d",
     "wide_resnet50_2",
     "wide_resnet101_2",
     "mobilenet_v2",
     "shufflenet_v2_x1_0",
+    "mnasnet0_5",
+    "mnasnet1_0",
 )
 
-#: The output strides a trunk can be dilated to.
-OUTPUT_STRIDES = (8, 16, 32)
+#: The output strides a trunk can be dilated to (4: the ResNet family only, see
+#: :attr:`BackboneSpec.output_strides`).
+OUTPUT_STRIDES = (4, 8, 16, 32)
 
 _RESNETS = {
     "resnet50": tvm.resnet50,
     "resnet101": tvm.resnet101,
     "resnet101_deepstem": tvm.resnet101,
+    "resnet152": tvm.resnet152,
+    "resnext50_32x4d": tvm.resnext50_32x4d,
     "resnext101_32x8d": tvm.resnext101_32x8d,
     "wide_resnet50_2": tvm.wide_resnet50_2,
     "wide_resnet101_2": tvm.wide_resnet101_2,
@@ -87,6 +106,7 @@ class BackboneSpec:
         aux_channels: channels of ``layer3``'s output (stage 3: auxiliary head, HANet L1 input).
         out_channels: channels of ``layer4``'s output (stage 4: ASPP input).
         family: ``"resnet"`` or ``"mobile"`` (how the trunk is dilated).
+        output_strides: the output strides it can be built at.
     """
 
     name: str
@@ -95,12 +115,17 @@ class BackboneSpec:
     aux_channels: int
     out_channels: int
     family: str
+    output_strides: tuple[int, ...] = (8, 16, 32)
 
+
+_MNASNETS = {"mnasnet0_5": tvm.mnasnet0_5, "mnasnet1_0": tvm.mnasnet1_0}
 
 _SPECS = {
-    **{name: BackboneSpec(name, 256, 4, 1024, 2048, "resnet") for name in _RESNETS},
+    **{name: BackboneSpec(name, 256, 4, 1024, 2048, "resnet", OUTPUT_STRIDES) for name in _RESNETS},
     "mobilenet_v2": BackboneSpec("mobilenet_v2", 32, 8, 320, 1280, "mobile"),
     "shufflenet_v2_x1_0": BackboneSpec("shufflenet_v2_x1_0", 116, 8, 464, 1024, "mobile"),
+    "mnasnet0_5": BackboneSpec("mnasnet0_5", 24, 8, 160, 1280, "mobile"),
+    "mnasnet1_0": BackboneSpec("mnasnet1_0", 40, 8, 320, 1280, "mobile"),
 }
 
 
@@ -128,11 +153,15 @@ def imagenet_weights(name: str) -> tvm.WeightsEnum:
     return {
         "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V1,
         "resnet101": tvm.ResNet101_Weights.IMAGENET1K_V1,
+        "resnet152": tvm.ResNet152_Weights.IMAGENET1K_V1,
+        "resnext50_32x4d": tvm.ResNeXt50_32X4D_Weights.IMAGENET1K_V1,
         "resnext101_32x8d": tvm.ResNeXt101_32X8D_Weights.IMAGENET1K_V1,
         "wide_resnet50_2": tvm.Wide_ResNet50_2_Weights.IMAGENET1K_V1,
         "wide_resnet101_2": tvm.Wide_ResNet101_2_Weights.IMAGENET1K_V1,
         "mobilenet_v2": tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
         "shufflenet_v2_x1_0": tvm.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1,
+        "mnasnet0_5": tvm.MNASNet0_5_Weights.IMAGENET1K_V1,
+        "mnasnet1_0": tvm.MNASNet1_0_Weights.IMAGENET1K_V1,
     }[name]
 
 
@@ -166,11 +195,13 @@ def _classifier(name: str) -> nn.Module:
         return _deep_stem(net) if name == "resnet101_deepstem" else net
     if name == "mobilenet_v2":
         return tvm.mobilenet_v2(weights=None)
+    if name in _MNASNETS:
+        return _MNASNETS[name](weights=None)
     return tvm.shufflenet_v2_x1_0(weights=None)
 
 
 def _classifier_head_prefixes(name: str) -> tuple[str, ...]:
-    return ("classifier.",) if name == "mobilenet_v2" else ("fc.",)
+    return ("classifier.",) if name == "mobilenet_v2" or name in _MNASNETS else ("fc.",)
 
 
 def _split(name: str, net: nn.Module) -> list[nn.Module]:
@@ -191,6 +222,10 @@ def _split(name: str, net: nn.Module) -> list[nn.Module]:
             nn.Sequential(*f[11:18]),
             nn.Sequential(f[18]),
         ]
+    if name in _MNASNETS:
+        m = net.layers
+        return [nn.Sequential(*m[0:8]), nn.Sequential(*m[8:10]), nn.Sequential(*m[10:12]), nn.Sequential(*m[12:14]),
+                nn.Sequential(*m[14:17])]
     return [nn.Sequential(net.conv1, net.maxpool), net.stage2, net.stage3, net.stage4, net.conv5]
 
 
@@ -209,10 +244,14 @@ def _dilate_strided_convs(stage: nn.Module, dilation: int) -> None:
 
 
 def _dilate(spec: BackboneSpec, layers: list[nn.Module], output_stride: int) -> None:
-    """Official dilation rules (``variant`` 'D' = OS 8, 'D16' = OS 16, 'D32' = OS 32)."""
+    """Official dilation rules (``variant`` 'D4' = OS 4, 'D' = OS 8, 'D16' = OS 16, 'D32' = OS 32)."""
     dilate = _dilate_resnet_stage if spec.family == "resnet" else _dilate_strided_convs
     first = 3 if spec.family == "resnet" else 2  # the stage whose output is at stride 16
-    if output_stride == 8:
+    if output_stride == 4:  # ResNet family only (BackboneSpec.output_strides)
+        dilate(layers[2], 2)
+        dilate(layers[3], 4)
+        dilate(layers[4], 8)
+    elif output_stride == 8:
         dilate(layers[first], 2)
         dilate(layers[first + 1], 4)
     elif output_stride == 16:
@@ -220,6 +259,20 @@ def _dilate(spec: BackboneSpec, layers: list[nn.Module], output_stride: int) -> 
 
 
 # --------------------------------------------------------------------------- weights
+def numpy_safe_globals() -> list:
+    """numpy types a trusted-format snapshot holds (``mean_iu`` is a numpy float)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return []
+    core = getattr(np, "_core", None) or np.core
+    safe = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return safe
+
+
 def _unwrap_state_dict(obj: object, what: str) -> dict[str, torch.Tensor]:
     """The tensor mapping inside a loaded file: the object itself, or under 'state_dict' /
     'model'; a leading 'module.' (DataParallel / DDP) is removed from every key."""
@@ -294,7 +347,7 @@ def build_trunk(
 
     Args:
         name: one of :data:`BACKBONES`.
-        output_stride: 8, 16 or 32.
+        output_stride: 8, 16 or 32; 4 for the ResNet family.
         pretrained: None (random init), ``"imagenet"`` (torchvision's ImageNet weights through
             its weights API: taken from the torch.hub cache, downloaded if missing, a clear
             ``RuntimeError`` when that fails), or the path of a local file holding either the
@@ -307,8 +360,9 @@ def build_trunk(
         ``([layer0, layer1, layer2, layer3, layer4], spec)``.
     """
     spec = backbone_spec(name)
-    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"hanet_fast.models: output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+    if isinstance(output_stride, bool) or output_stride not in spec.output_strides:
+        raise ValueError(f"hanet_fast.models: output_stride of {name} must be one of {spec.output_strides}, "
+                         f"got {output_stride!r}")
     net = _classifier(name)
     trunk_state = None
     if pretrained is not None:
@@ -322,7 +376,13 @@ def build_trunk(
                     f"hanet_fast.models: pretrained_backbone must be None, 'imagenet' or the path of an existing "
                     f"file, got {path!r}"
                 )
-            state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), repr(path))
+            try:  # official snapshots (e.g. the Mapillary-pretrained one) hold a numpy mean_iu
+                with torch.serialization.safe_globals(numpy_safe_globals()):
+                    loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as err:
+                raise ValueError(f"hanet_fast.models: pretrained_backbone {path!r} holds objects that "
+                                 f"torch.load(weights_only=True) refuses: {err}") from err
+            state = _unwrap_state_dict(loaded, repr(path))
             if any(k.startswith("layer0.") for k in state):
                 trunk_state = state
             else:

@@ -212,8 +212,8 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, channels: int = ASPP_CHANNELS, output_stride: int = 16,
                  rates: tuple[int, ...] = (6, 12, 18)) -> None:
         super().__init__()
-        if output_stride == 8:
-            rates = tuple(2 * r for r in rates)
+        if output_stride in (4, 8):
+            rates = tuple(16 // output_stride * r for r in rates)
         elif output_stride == 32:
             rates = tuple(r // 2 for r in rates)
         elif output_stride != 16:
@@ -447,9 +447,10 @@ def deeplabv3plus(
     Args:
         backbone: one of :data:`hanet_fast.models.BACKBONES`: ``resnet50``, ``resnet101``,
             ``resnet101_deepstem`` (the paper's / official ResNet-101, three 3x3 stem convs),
-            ``resnext101_32x8d``, ``wide_resnet50_2``, ``wide_resnet101_2``, ``mobilenet_v2``,
-            ``shufflenet_v2_x1_0``.
-        output_stride: 8, 16 or 32, by dilation (official rules, see
+            ``resnet152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2``,
+            ``wide_resnet101_2``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ``mnasnet0_5``,
+            ``mnasnet1_0``.
+        output_stride: 8, 16 or 32 (and 4 for the ResNet family), by dilation (official rules, see
             :mod:`hanet_fast.models.backbones`); also scales the ASPP rates by ``16 / OS``.
         num_classes: classes of the classifier (19 for Cityscapes / BDD100K).
         hanet_layers: five on/off flags for L1..L5 (paper Fig. 3, DESIGN §4). The default

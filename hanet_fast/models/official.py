@@ -16,7 +16,8 @@ test fixture that rebuilds the official network in plain PyTorch with that namin
     layer0.*            stem: torchvision trunks ``Sequential(conv1, bn1, relu, maxpool)``
                         (``layer0.0``, ``layer0.1``); deep stem ``conv1 bn1 relu1 conv2 bn2
                         relu2 conv3 bn3 relu3 maxpool`` (``layer0.0/1/3/4/6/7``); MobileNetV2
-                        ``features[0:2]``; ShuffleNetV2 ``Sequential(conv1, maxpool)``
+                        ``features[0:2]``; ShuffleNetV2 ``Sequential(conv1, maxpool)``;
+                        MNASNet ``layers[0:8]``
     layer1..layer4.*    torchvision / Resnet.py stage modules (see hanet_fast.models.backbones)
     aspp.features.{0..3}.{0,1}.*, aspp.img_conv.{0,1}.*
     bot_fine.{0,1}.*, bot_aspp.{0,1}.*, final1.{0,1,3,4}.*, final2.0.*
@@ -41,7 +42,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES, state_dict_differences
+from hanet_fast.models.backbones import BACKBONES, OUTPUT_STRIDES, numpy_safe_globals, state_dict_differences
 from hanet_fast.models.deeplab import DeepLabConfig, DeepLabV3PlusHANet, HANetConfig
 from hanet_fast.nn.positional import sinusoid_table
 
@@ -71,12 +72,18 @@ _ARCH = re.compile(r"Deep(?P<trunk>[A-Za-z]+\d*)V3PlusD(?:_HANet)?(?:_OS(?P<os>\
 _ARCH_TRUNKS = {
     "R50": "resnet50",
     "R101": "resnet101_deepstem",  # the official 'resnet-101' trunk is Resnet.py's deep-stem ResNet3X3
+    "R152": "resnet152",
+    "ResNext50": "resnext50_32x4d",
     "ResNext101": "resnext101_32x8d",
     "WideResNet50": "wide_resnet50_2",
     "WideResNet101": "wide_resnet101_2",
     "ShuffleNet": "shufflenet_v2_x1_0",
     "MobileNet": "mobilenet_v2",
+    "MNASNet05": "mnasnet0_5",
+    "MNASNet10": "mnasnet1_0",
 }
+# MNASNet's last block -> stage 4 convolution input width (layer4.0.weight [1280, width, 1, 1]).
+_MNASNET_WIDTHS = {160: "mnasnet0_5", 320: "mnasnet1_0"}
 
 
 class OfficialCheckpointError(ValueError):
@@ -84,25 +91,11 @@ class OfficialCheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------- reading
-def _numpy_safe_globals() -> list:
-    """numpy types a trusted-format snapshot holds (``mean_iu`` is a numpy float)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        return []
-    core = getattr(np, "_core", None) or np.core
-    safe = [core.multiarray.scalar, np.dtype]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        safe += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    return safe
-
-
 def _torch_load(path: str, map_location, weights_only: bool) -> object:
     if not weights_only:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise OfficialCheckpointError(
@@ -226,13 +219,15 @@ def _infer_backbone(state: Mapping[str, torch.Tensor]) -> str:
 
     if shape("layer1.0.conv2.weight") is not None:
         blocks = _count_blocks(state, "layer3")
-        depth = {6: 50, 23: 101}.get(blocks)
+        depth = {6: 50, 23: 101, 36: 152}.get(blocks)
         conv2 = shape("layer1.0.conv2.weight")
         deep = shape("layer0.6.weight") is not None
         if conv2[:2] == (64, 64):
             width = "resnet"
         elif conv2[:2] == (256, 8):
             width = "resnext_32x8d"
+        elif conv2[:2] == (128, 4):
+            width = "resnext_32x4d"
         elif conv2[:2] == (128, 128):
             width = "wide"
         else:
@@ -241,6 +236,8 @@ def _infer_backbone(state: Mapping[str, torch.Tensor]) -> str:
             ("resnet", 50, False): "resnet50",
             ("resnet", 101, False): "resnet101",
             ("resnet", 101, True): "resnet101_deepstem",
+            ("resnet", 152, False): "resnet152",
+            ("resnext_32x4d", 50, False): "resnext50_32x4d",
             ("resnext_32x8d", 101, False): "resnext101_32x8d",
             ("wide", 50, False): "wide_resnet50_2",
             ("wide", 101, False): "wide_resnet101_2",
@@ -256,6 +253,19 @@ def _infer_backbone(state: Mapping[str, torch.Tensor]) -> str:
         return "shufflenet_v2_x1_0"
     if shape("layer4.0.0.weight") is not None and shape("layer1.0.conv.0.0.weight") is not None:
         return "mobilenet_v2"
+    if shape("layer1.0.0.layers.0.weight") is not None and shape("layer4.0.weight") is not None:
+        width = shape("layer4.0.weight")[1]
+        if width not in _MNASNET_WIDTHS:
+            raise OfficialCheckpointError(
+                f"hanet_fast.models: the checkpoint's trunk is an MNASNet whose last block has {width} channels; "
+                f"supported: {_MNASNET_WIDTHS} (MNASNet 0.5 and 1.0)")
+        stem = shape("layer0.0.weight")
+        if width == 160 and stem is not None and stem[0] != 16:
+            raise OfficialCheckpointError(
+                f"hanet_fast.models: the checkpoint's MNASNet 0.5 stem has {stem[0]} channels: it was saved with "
+                "torchvision < 0.5, whose MNASNet 0.5 kept the 1.0 stem (32 channels); torchvision now scales the "
+                "stem (16 channels) and that older variant is not supported")
+        return _MNASNET_WIDTHS[width]
     trunk = sorted({k.split(".")[0] for k in state if k.startswith("layer")})
     raise OfficialCheckpointError(
         f"hanet_fast.models: cannot tell the backbone from the checkpoint's keys (trunk stages found: {trunk or 'none'}; "
@@ -329,7 +339,7 @@ def infer_official_config(
         raise OfficialCheckpointError(
             "hanet_fast.models: the output stride cannot be read from the weights (dilations have no parameters) and "
             "the checkpoint has no 'command' with --arch; pass output_stride=8, 16 or 32 (official *_OS8 "
-            "architectures: 8, *_OS32: 32, no suffix: 16)"
+            "architectures: 8, *_OS4: 4, *_OS32: 32, no suffix: 16)"
         )
     if output_stride not in OUTPUT_STRIDES:
         raise OfficialCheckpointError(f"hanet_fast.models: output stride {output_stride} is not supported {OUTPUT_STRIDES}")
