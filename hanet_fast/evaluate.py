@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", required=True,
                    help="our checkpoint.pt (or its run folder) or an official HANet checkpoint")
     g.add_argument("--backbone", default=None, help="official checkpoints: backbone, if it cannot be inferred")
-    g.add_argument("--output-stride", type=int, choices=[8, 16, 32], default=None,
+    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32], default=None,
                    help="output stride (official checkpoints without a saved command need it; ours: override)")
     g.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=list(AMP_MODES), default="off", help="autocast dtype (default: off)")

@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default=S, help="mobilenet_v2, resnet50, resnet101, resnet101_deepstem, resnet152, "
                    "resnext50_32x4d, resnext101_32x8d, wide_resnet50_2, wide_resnet101_2, shufflenet_v2_x1_0, "
                    "mnasnet0_5, mnasnet1_0")
-    g.add_argument("--output-stride", type=int, choices=[8, 16, 32], default=S, help="backbone output stride")
+    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32], default=S,
+                   help="backbone output stride (4: ResNet and ResNeXt backbones only)")
     g.add_argument("--hanet-layers", default=S, help="five 0/1 flags for HANet L1..L5, e.g. 1,1,1,1,0")
     g.add_argument("--baseline", action="store_true", help="no HANet (same as --hanet-layers 0,0,0,0,0)")
     g.add_argument("--hanet-rows", type=int, default=S, help="coarse rows of the attention map (paper: 16)")

@@ -107,6 +107,16 @@ def test_cityscapes_loader(tmp_path):
     assert out["image"].shape == (3, 8, 8) and out["row_pos"].shape == (8,)
 
 
+def test_cityscapes_trainval_is_train_and_val_together(tmp_path):
+    root = _write_cityscapes(str(tmp_path / "cs"), "train")
+    _write_cityscapes(root, "val", cities=("frankfurt",))
+    paths = [path for path, _ in Cityscapes(root, "trainval").pairs]
+    assert len(paths) == 3
+    assert sorted(os.path.basename(os.path.dirname(p)) for p in paths) == ["aachen", "bochum", "frankfurt"]
+    assert all(label.endswith("_gtFine_labelIds.png") and "/val/" in label
+               for path, label in Cityscapes(root, "trainval").pairs if "frankfurt" in path)
+
+
 def test_cityscapes_missing_and_corrupt_files_are_named(tmp_path):
     root = _write_cityscapes(str(tmp_path / "cs"))
     label = os.path.join(root, "gtFine", "train", "bochum", "bochum_000000_000011_gtFine_labelIds.png")

@@ -201,13 +201,17 @@ def _require_dir(path: str, what: str) -> None:
         raise DatasetError(f"hanet_fast.data: {what} folder not found: {path}")
 
 
+TRAINVAL_PARTS = ("train", "val")
+
+
 class Cityscapes(_FilePairs):
     """Cityscapes: ``root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
     ``root/gtFine/<split>/<city>/<name>_gtFine_labelIds.png`` (labelIds mapped to the 19
     trainIds through cityscapesscripts' table, see :mod:`hanet_fast.data.labels`).
 
     Args:
-        split: ``train``, ``val``, ``test`` (fine), or ``train_extra`` (with ``mode="coarse"``).
+        split: ``train``, ``val``, ``test`` (fine), ``trainval`` (train and val together, as the
+            official ``_best`` recipe trains), or ``train_extra`` (with ``mode="coarse"``).
         mode: ``"fine"`` (gtFine) or ``"coarse"`` (gtCoarse, ``*_gtCoarse_labelIds.png``).
     """
 
@@ -215,19 +219,21 @@ class Cityscapes(_FilePairs):
         if mode not in ("fine", "coarse"):
             raise ValueError(f"hanet_fast.data: Cityscapes mode must be 'fine' or 'coarse', got {mode!r}")
         gt = "gtFine" if mode == "fine" else "gtCoarse"
-        image_dir = os.path.join(root, "leftImg8bit", split)
-        _require_dir(image_dir, "Cityscapes image")
-        images = sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png")))
-        if not images:
-            raise DatasetError(f"hanet_fast.data: no *_leftImg8bit.png images under {image_dir}")
+        # The official loader's "trainval" is the fine train and val images together (the _best recipe).
         pairs = []
-        for path in images:
-            city = os.path.basename(os.path.dirname(path))
-            name = os.path.basename(path)[: -len("_leftImg8bit.png")]
-            label = os.path.join(root, gt, split, city, f"{name}_{gt}_labelIds.png")
-            if not os.path.isfile(label):
-                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
-            pairs.append((path, label))
+        for part in TRAINVAL_PARTS if split == "trainval" else (split,):
+            image_dir = os.path.join(root, "leftImg8bit", part)
+            _require_dir(image_dir, "Cityscapes image")
+            images = sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png")))
+            if not images:
+                raise DatasetError(f"hanet_fast.data: no *_leftImg8bit.png images under {image_dir}")
+            for path in images:
+                city = os.path.basename(os.path.dirname(path))
+                name = os.path.basename(path)[: -len("_leftImg8bit.png")]
+                label = os.path.join(root, gt, part, city, f"{name}_{gt}_labelIds.png")
+                if not os.path.isfile(label):
+                    raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
+                pairs.append((path, label))
         super().__init__(pairs, transform)
         self.label_lut = label_to_train_lut()
         self.root, self.split, self.mode = root, split, mode
