@@ -96,7 +96,7 @@ PRESETS: dict[str, dict] = {
         hanet_layers="1,1,1,1,0", hanet_rows=16, hanet_reduction=32, hanet_pos_injection=2, hanet_pos_noise=0.5,
         hanet_dropout=0.1, lr=0.01, hanet_lr=0.01, poly_power=0.9, hanet_poly_power=0.9, weight_decay=5e-4,
         hanet_weight_decay=1e-4, momentum=0.9, aux_weight=0.4, scale_min=0.5, scale_max=2.0, color_jitter=0.25,
-        blur=0.5, sync_bn=True, cls_wt_loss=False, img_wt_loss=False,
+        blur=1.0, sync_bn=True, cls_wt_loss=False, img_wt_loss=False,  # official --gblur: every sample
     ),
     "train_r101_os8_hanet": dict(
         _OFFICIAL_SCRIPT, backbone="resnet101_deepstem", output_stride=8, pretrained_backbone=_R101_IMAGENET,
@@ -213,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-size", type=size_arg, default=S, help="training crop H,W (or one size)")
     g.add_argument("--scale-min", type=float, default=S, help="random scale minimum (paper: 0.5)")
     g.add_argument("--scale-max", type=float, default=S, help="random scale maximum (paper: 2.0)")
-    g.add_argument("--color-jitter", type=float, default=S, help="colour jitter strength (0: off)")
-    g.add_argument("--blur", type=float, default=S, help="probability of gaussian blur")
+    g.add_argument("--color-jitter", type=float, default=S, help="colour jitter: brightness, contrast, saturation and hue strength, in [0, 0.5] (official --color_aug 0.25; 0: off)")
+    g.add_argument("--blur", type=float, default=S, help="probability of the gaussian blur, sigma uniform in [0.15, 1.3) (official --gblur: 1, every sample; 0: off)")
     g.add_argument("--class-uniform-pct", type=float, default=S,
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")

@@ -35,7 +35,6 @@ from hanet_fast.models import (
     deeplabv3plus,
     infer_official_config,
     load_official_checkpoint,
-    resize_row_pos,
     to_official_state_dict,
 )
 from hanet_fast.models.summary import PAPER_TABLE2, model_cost
@@ -511,16 +510,16 @@ def test_row_pos():
         assert torch.equal(model(images, _row_pos(2, 128)).logits, full)
         crop = model(images, _row_pos(2, 128, top=200, full=512)).logits
     assert not torch.allclose(crop, full)
-    # each layer gets the image-level positions resized (nearest) to its x_low height
+    # each layer gets the image-level positions themselves (the module resizes them straight to its rows)
     seen = {}
     for k, m in enumerate(model.hanet_modules.values()):
         m.register_forward_pre_hook(lambda mod, args, k=k: seen.__setitem__(k, (args[0].shape[2], args[2])))
     row_pos = _row_pos(2, 128, top=200, full=512)
     with torch.no_grad():
         model(images, row_pos)
+    assert len(seen) == 5
     for k, (height, pos) in seen.items():
-        assert torch.equal(pos, resize_row_pos(row_pos, height))
-        assert torch.equal(pos, row_pos[:, (torch.arange(height) * 128) // height])
+        assert torch.equal(pos, row_pos)
     with pytest.raises(ValueError, match="row_pos"):
         model(images, row_pos[:, :100])
     with pytest.raises(TypeError, match="row_pos"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import hanet_fast.ops
-from hanet_fast.nn import HANet, PositionalEncoding1d, coarse_positions, sinusoid_table
+from hanet_fast.nn import PAD_ROW_POS, HANet, PositionalEncoding1d, coarse_positions, default_max_jitter, sinusoid_table
 
 BACKENDS = [b for b, why in hanet_fast.ops.available_backends().items() if why is None and b in ("reference", "cpu")]
 
@@ -71,7 +72,8 @@ def oracle(m: HANet, x_low, x_high, row_pos=None) -> tuple[torch.Tensor, torch.T
         if row_pos is None:
             pos = torch.arange(R).expand(B, R)
         else:
-            p = torch.floor(row_pos * R + 1e-3).clamp(0, R - 1)
+            # the official order: quantise every image row, pad rows -> R, one nearest resize to R entries
+            p = torch.where(row_pos == 1.0, R, torch.floor(row_pos * R + 1e-3).clamp(0, R - 1))
             pos = F.interpolate(p.float()[:, None], size=R, mode="nearest").long()[:, 0]
         return t + m.pos_encoding.weight[pos].transpose(1, 2).to(t.dtype)
 
@@ -272,8 +274,9 @@ def test_positions_of_integer_pixel_rows_match_official_integer_math():
     for rows, h, top, h_img in [(16, 96, 37, 1024), (22, 66, 5, 198), (12, 40, 0, 120), (16, 13, 300, 1024)]:
         rr = torch.arange(h)
         row_pos = ((top + rr).float() / h_img).expand(2, h)
-        want = F.interpolate((((top + rr) * rows) // h_img).float()[None, None], size=rows, mode="nearest")
-        assert torch.equal(coarse_positions(row_pos, rows, 2), want.long()[0].expand(2, rows))
+        want = ((top + rr) * rows) // h_img
+        picked = want[torch.arange(rows) * h // rows]  # coarse row j takes image row floor(j * h / rows)
+        assert torch.equal(coarse_positions(row_pos, rows, 2), picked.expand(2, rows))
 
 
 def test_bottom_half_crop_positions():
@@ -284,11 +287,62 @@ def test_bottom_half_crop_positions():
         assert pos.shape == (2, rows) and pos.dtype == torch.int64
         assert int(pos.min()) >= rows // 2 and int(pos.max()) <= rows - 1
         assert bool((pos[:, 1:] >= pos[:, :-1]).all())  # monotone
-    # fractions that round up to 1.0 stay in the table's last regular row
-    assert int(coarse_positions(torch.full((1, 4), 0.99999999), rows, 1).max()) == rows - 1
+    # fractions just below 1.0 stay in the table's last regular row; exactly 1.0 is the pad position
+    near_one = torch.full((1, 4), 0.99999999, dtype=torch.float64)
+    assert coarse_positions(near_one, rows, 1).tolist() == [[rows - 1] * rows]
+    assert coarse_positions(torch.full((1, 4), PAD_ROW_POS), rows, 1).tolist() == [[rows] * rows]
 
 
-def test_position_jitter_training_only_bounded_and_seeded():
+def _trunc_normal_pmf(sigma: float, clamp: int) -> dict[int, float]:
+    """Closed form of clamp(trunc(N(0, sigma)), +-clamp): P(0) = erf(1 / (sigma sqrt 2)),
+    P(+-k) = Phi((k + 1) / sigma) - Phi(k / sigma) for 0 < k < clamp, P(+-clamp) = 1 - Phi(clamp / sigma)."""
+    def phi(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    pmf = {0: math.erf(1 / (sigma * math.sqrt(2)))}
+    for k in range(1, clamp + 1):
+        p = 1 - phi(k / sigma) if k == clamp else phi((k + 1) / sigma) - phi(k / sigma)
+        pmf[k] = pmf[-k] = p
+    return pmf
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_position_jitter_matches_truncated_normal_closed_form(sigma):
+    """Official jitter: trunc(N(0, sigma)) (torch 1.4's ``// 1``), clamped to +-(rows // 8)."""
+    rows, batch = 16, 20000
+    pe = PositionalEncoding1d(rows, 4, noise=sigma).train()
+    assert pe.max_jitter == 2
+    torch.manual_seed(0)
+    shift = (pe.positions(batch) - torch.arange(rows))[:, 2:-2]  # rows the clamp to [0, rows] leaves alone
+    n = shift.numel()
+    pmf = _trunc_normal_pmf(sigma, 2)
+    assert set(shift.unique().tolist()) <= set(pmf)
+    counts = {k: int((shift == k).sum()) for k in pmf}
+    for k, p in pmf.items():  # 5-sigma binomial bounds on every value
+        assert abs(counts[k] - n * p) <= 5 * math.sqrt(n * p * (1 - p)) + 1, (k, counts[k], n * p)
+    if sigma == 1.0:  # every bin is well populated: chi-square, 4 degrees of freedom, 99.9 % quantile 18.47
+        chi2 = sum((counts[k] - n * p) ** 2 / (n * p) for k, p in pmf.items())
+        assert chi2 < 18.47, chi2
+    assert abs(float(shift.float().mean())) < 5 * float(shift.float().std()) / math.sqrt(n)  # mean 0
+    if sigma == 0.5:  # floor would move half the rows: truncation keeps 95.4 % in place
+        assert abs(counts[0] / n - 0.9545) < 0.005
+
+
+@pytest.mark.parametrize("pos_rfactor", [1, 2, 4, 8, 16, 32, 64])
+def test_jitter_clamp_is_the_official_one(pos_rfactor):
+    rows = 128 // pos_rfactor
+    assert default_max_jitter(rows) == 16 // pos_rfactor
+    pe = PositionalEncoding1d(rows, 4, noise=100.0).train()
+    assert pe.max_jitter == 16 // pos_rfactor
+    torch.manual_seed(1)
+    wide = pe.positions(512)
+    base = torch.arange(rows)
+    assert int((wide - base).abs().max()) == 16 // pos_rfactor  # a big noise is clamped to +-(rows // 8)
+    assert int(wide.min()) >= 0 and int(wide.max()) <= rows
+    if pos_rfactor <= 16:
+        assert int(wide.min()) == 0 and int(wide.max()) == rows  # clamped to [0, rows], and rows is reached
+
+
+def test_position_jitter_training_only_and_seeded():
     rows = 16
     pe = PositionalEncoding1d(rows, 4, noise=0.5)
     base = torch.arange(rows).expand(4096, rows)
@@ -300,15 +354,10 @@ def test_position_jitter_training_only_bounded_and_seeded():
     torch.manual_seed(0)
     assert torch.equal(pe.positions(4096), pos)  # torch RNG
     assert not torch.equal(pe.positions(4096), pos)
-    assert int(pos.min()) == 0 and int(pos.max()) == rows  # clamped to [0, rows], and rows is reached
-    shift = (pos - base)[:, 2:-2]  # rows unaffected by the clamp to [0, rows]
-    assert {-2, -1, 0, 1} <= set(shift.unique().tolist()) <= {-2, -1, 0, 1, 2}
-    # floor(N(0, 0.5)): P(-1) = P(0) ~ 0.477, P(+-2 after the clamp) ~ 0.023
-    frac = {k: float((shift == k).float().mean()) for k in (-2, -1, 0, 1, 2)}
-    assert abs(frac[0] - 0.477) < 0.02 and abs(frac[-1] - 0.477) < 0.02 and frac[2] < 0.01
-    # a big noise is clamped to +-2
-    wide = PositionalEncoding1d(rows, 4, noise=100.0).train().positions(4096)
-    assert int((wide - base).abs().max()) == 2 and int(wide.min()) == 0 and int(wide.max()) == rows
+    # padded rows (position rows) are jittered like any other and stay in [0, rows]
+    pad = torch.full((4096, 8), PAD_ROW_POS)
+    jittered = PositionalEncoding1d(rows, 4, noise=1.0).train().positions(4096, pad)
+    assert int(jittered.max()) == rows and int(jittered.min()) == rows - 2
     # training jitter changes the module output, eval mode is deterministic
     m = make_module(dropout=0.0, pos_noise=1.0, pos_encoding="sinusoidal").train()
     x_low, x_high = make_inputs(13, 13)
@@ -319,6 +368,58 @@ def test_position_jitter_training_only_bounded_and_seeded():
     assert not torch.equal(m(x_low, x_high), y1)
     m.eval()
     torch.testing.assert_close(m(x_low, x_high), m(x_low, x_high), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("crop", [864, 608, 768])
+def test_coarse_positions_in_one_step_for_every_output_stride(crop):
+    """Coarse row j takes image row floor(j * H_img / rows), whatever the feature height (OS 8/16/32)."""
+    rows, full, top = 16, 2048, 517
+    rr = torch.arange(crop)
+    row_pos = ((top + rr).float() / full).expand(2, crop).contiguous()
+    # direct integer computation: the image row each coarse row takes, and its official position
+    want = ((top + (torch.arange(rows) * crop) // rows) * rows) // full
+    assert torch.equal(coarse_positions(row_pos, rows, 2), want.expand(2, rows))
+    m = HANet(8, 4, rows=rows, dropout=0.0, pos_noise=0.0).eval()
+    seen = []
+    original = m.pos_encoding.positions
+    m.pos_encoding.positions = lambda batch, rp=None: seen.append(original(batch, rp)) or seen[-1]
+    for os_ in (8, 16, 32):
+        h = -(-crop // os_)
+        x_low, x_high = torch.randn(2, 8, h, 3), torch.randn(2, 4, h, 3)
+        m(x_low, x_high, row_pos)
+        assert torch.equal(seen[-1], want.expand(2, rows)), os_
+    # a two-step resize (to the feature height, then to rows) would pick other image rows at these sizes
+    one_step = (torch.arange(rows) * crop) // rows
+    two_step = [((torch.arange(rows) * h) // rows * crop) // h for h in (-(-crop // 8), -(-crop // 16), -(-crop // 32))]
+    assert any(not torch.equal(idx, one_step) for idx in two_step)
+
+
+def test_padded_rows_take_the_pad_position():
+    rows = 8
+    # 4 pad rows, 24 image rows at fractions 0.5 .. 0.96875, 4 pad rows
+    row_pos = torch.cat([torch.full((4,), PAD_ROW_POS), 0.5 + torch.arange(24) / 48, torch.full((4,), PAD_ROW_POS)])
+    pos = coarse_positions(row_pos[None], rows, 1)[0]
+    # coarse row j takes row 4 j: rows 0 and 28 are pads (position 8); rows 4..24 are image rows 0, 4, ..., 20
+    # at fractions 0.5, 0.583, 0.667, 0.75, 0.833, 0.917, i.e. floor(8 x) = 4, 4, 5, 6, 6, 7
+    assert pos.tolist() == [8, 4, 4, 5, 6, 6, 7, 8]
+    m = make_module(rows=rows, pos_encoding="learned").eval()
+    with torch.no_grad():
+        m.pos_encoding.weight.copy_(torch.arange(rows + 1, dtype=torch.float32)[:, None].expand(rows + 1, m.pos_encoding.dim))
+    enc = m.pos_encoding.encoding(1, row_pos[None])
+    assert enc[0, 0].tolist() == [8.0, 4.0, 4.0, 5.0, 6.0, 6.0, 7.0, 8.0]  # the table's extra row for pads
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.25, 1.5, float("inf"), 1.0000001])
+def test_row_pos_values_are_validated(bad):
+    m = HANet(8, 4, rows=4)
+    x_low, x_high = torch.randn(2, 8, 10, 6), torch.randn(2, 4, 10, 6)
+    row_pos = (torch.arange(10, dtype=torch.float64) / 10).expand(2, 10).clone()
+    m(x_low, x_high, row_pos)
+    row_pos[1, 3] = PAD_ROW_POS  # the pad position is allowed
+    m(x_low, x_high, row_pos)
+    row_pos[1, 7] = bad
+    with pytest.raises(ValueError, match="row_pos must hold"):
+        m(x_low, x_high, row_pos)
 
 
 # ----------------------------------------------------------------------------- torch.compile, autocast
@@ -408,7 +509,7 @@ def test_bad_forward_inputs():
         ((x_low[:, :4], x_high), ValueError, "x_low must have in_channels=8"),
         ((x_low, torch.randn(2, 5, 20, 6)), ValueError, "x_high must have out_channels=4"),
         ((x_low, x_high[:1]), ValueError, "x_high must have x_low's batch size"),
-        ((x_low, x_high, torch.rand(2, 20)), ValueError, r"row_pos must have shape \[B, H_low\]"),
+        ((x_low, x_high, torch.rand(3, 20)), ValueError, r"row_pos must have shape \[B, H_img\] with B = 2"),
         ((x_low, x_high, torch.rand(2, 10, 1)), ValueError, "row_pos must have shape"),
         ((x_low, x_high, torch.zeros(2, 10, dtype=torch.long)), TypeError, "row_pos must be floating"),
     ]

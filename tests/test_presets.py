@@ -148,7 +148,7 @@ def test_default_preset_is_the_synthetic_one():
     assert args.preset == DEFAULT_PRESET == "synthetic-mobilenet"
     assert (args.dataset, args.backbone, args.output_stride, args.crop_size, args.iters, args.batch_size) == (
         "synthetic", "mobilenet_v2", 16, (64, 128), 300, 8)
-    assert (args.hanet_reduction, args.hanet_pos_noise, args.blur, args.pretrained_backbone) == (32, 0.5, 0.5, "none")
+    assert (args.hanet_reduction, args.hanet_pos_noise, args.blur, args.pretrained_backbone) == (32, 0.5, 1.0, "none")
     # every preset sets the same keys, so switching presets leaves nothing of another behind
     keys = set(PRESETS[DEFAULT_PRESET])
     assert all(set(cfg) == keys for cfg in PRESETS.values())

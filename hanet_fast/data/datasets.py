@@ -13,6 +13,7 @@ the file.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Callable
 
@@ -104,7 +105,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.load(index)["mask"]
 
     def cache_key(self) -> str:
-        """A string identifying the data (for the class-centroid cache)."""
+        """A string identifying the data (the class-centroid cache's key): it must change whenever a label map may have."""
         raise NotImplementedError
 
     def __getitem__(self, item) -> dict:
@@ -186,9 +187,20 @@ class _FilePairs(SegmentationDataset):
         return self.label_lut[mask] if self.label_lut is not None else mask
 
     def cache_key(self) -> str:
-        first = self.pairs[0][0] if self.pairs else ""
-        last = self.pairs[-1][0] if self.pairs else ""
-        return f"{type(self).__name__}:{len(self.pairs)}:{os.path.abspath(first)}:{os.path.abspath(last)}"
+        """The class, the label mapping, and every label file's absolute path, size and
+        modification time (ns), in order: rewriting, adding or removing a label changes it."""
+        parts = [type(self).__name__, str(len(self.pairs)),
+                 "lut=none" if self.label_lut is None else "lut=" + hashlib.sha1(self.label_lut.tobytes()).hexdigest()]
+        for image_path, label_path in self.pairs:
+            if label_path is None:
+                parts.append(f"{os.path.abspath(image_path)}:unlabelled")
+                continue
+            try:
+                st = os.stat(label_path)
+            except OSError as e:
+                raise DatasetError(f"hanet_fast.data: cannot read label {label_path}: {e.strerror}") from e
+            parts.append(f"{os.path.abspath(label_path)}:{st.st_size}:{st.st_mtime_ns}")
+        return "\n".join(parts)
 
     def __getitem__(self, item) -> dict:
         out = super().__getitem__(item)

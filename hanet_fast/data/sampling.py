@@ -1,17 +1,22 @@
-"""Class-uniform sampling (paper §4.1) and the resumable training sampler.
+"""Class-uniform sampling (paper §4.1) and the resumable training sampler, as the official
+``datasets/uniform.py`` and ``build_epoch`` of github.com/shachoi/HANet.
 
-Class centroids (official ``datasets/uniform.py``): each label map is cut into square tiles; for
-every class present in a tile, the centroid of its pixels in that tile is one entry
-``(image index, row, col)`` in the class's list. They are computed once and cached as JSON under
-``cache_dir`` (default ``$HANET_FAST_CACHE`` or ``~/.cache/hanet_fast``) keyed by the data set.
+Class centroids: each label map is cut into the full square tiles that fit in it
+(``H // tile`` x ``W // tile``; a partial tile at the border is not used); for every class present
+in a tile, the centroid of its pixels in that tile, each coordinate truncated to an integer, is
+one entry ``[image index, row, col]`` in the class's list. They are computed once and cached as
+JSON under ``cache_dir`` (default ``$HANET_FAST_CACHE`` or ``~/.cache/hanet_fast``), keyed by the
+data set's identity (every label file's path, size and modification time) and the settings.
 
-:class:`TrainSampler` is a batch sampler over the whole run: global sample ``g`` (counted over
-iterations, processes and batch slots) is drawn from the epoch permutation ``g // N`` at
-position ``g % N``, or, with probability ``class_uniform_pct``, as a class-uniform sample: a
-class chosen uniformly among those with centroids, one of its centroids uniformly, and a crop
-containing it. Each item also carries the augmentation seed ``(seed, g)``. Everything is a
-function of ``(seed, g)``, so a run resumed at iteration ``k`` draws exactly what the
-uninterrupted run draws, with any number of workers.
+Epochs (official ``build_epoch``): of ``N`` images and ``C`` classes, each epoch holds
+``k = int(N * pct / C)`` class-uniform samples of every class that has centroids (``k`` of its
+centroids in a random order, cycling through them when it has fewer) and ``N - k * C`` other
+samples: a random subset of the images without replacement; the epoch is then shuffled (the
+official loader's ``shuffle=True``). :class:`TrainSampler` is a batch sampler over the whole run:
+global sample ``g`` (counted over iterations, processes and batch slots) is entry ``g % L`` of
+epoch ``g // L`` (``L`` the epoch length). Each item also carries the augmentation seed
+``(seed, 3, g)``. Everything is a function of ``(seed, g)``, so a run resumed at iteration ``k``
+draws exactly what the uninterrupted run draws, with any number of workers.
 """
 
 from __future__ import annotations
@@ -24,29 +29,33 @@ import numpy as np
 
 from hanet_fast.data.labels import NUM_CLASSES
 
-__all__ = ["compute_centroids", "class_centroids", "TrainSampler", "default_cache_dir"]
+__all__ = ["compute_centroids", "class_centroids", "build_epoch", "TrainSampler", "default_cache_dir", "CENTROID_RULE"]
 
 
 def default_cache_dir() -> str:
     return os.environ.get("HANET_FAST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "hanet_fast"))
 
 
-def _mask_centroids(mask: np.ndarray, tile: int, num_classes: int) -> list[tuple[int, float, float]]:
+def _mask_centroids(mask: np.ndarray, tile: int, num_classes: int) -> list[tuple[int, int, int]]:
     out = []
     h, w = mask.shape
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
+    for y0 in range(0, (h // tile) * tile, tile):
+        for x0 in range(0, (w // tile) * tile, tile):
             t = mask[y0:y0 + tile, x0:x0 + tile]
             for c in np.unique(t):
                 if c >= num_classes:
                     continue
                 ys, xs = np.nonzero(t == c)
-                out.append((int(c), float(y0 + ys.mean()), float(x0 + xs.mean())))
+                # truncated centre of mass inside the tile, then the tile offset (official order)
+                out.append((int(c), int(ys.mean()) + y0, int(xs.mean()) + x0))
     return out
 
 
 def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_CLASSES) -> dict[int, list]:
-    """``{class: [[index, row, col], ...]}`` over the data set's label maps (tile: H // 2 by default)."""
+    """``{class: [[index, row, col], ...]}`` (integers) over the data set's label maps, from the
+    full ``tile`` x ``tile`` tiles of each map (tile: H // 2 by default)."""
+    if tile is not None and tile < 1:
+        raise ValueError(f"hanet_fast.data: tile must be >= 1 or None, got {tile}")
     cents: dict[int, list] = {c: [] for c in range(num_classes)}
     for i in range(len(dataset)):
         mask = dataset.load_mask(i)
@@ -56,17 +65,27 @@ def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_C
     return cents
 
 
+#: Version of the centroid rule; part of the cache key so that caches of an older rule are not read.
+CENTROID_RULE = "official-tiles-v2"
+
+
 def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = None,
                     num_classes: int = NUM_CLASSES) -> dict[int, list]:
-    """:func:`compute_centroids`, cached in ``cache_dir/centroids/<hash of the data set key>.json``."""
-    key = f"{dataset.cache_key()}:tile={tile}:classes={num_classes}"
+    """:func:`compute_centroids`, cached in ``cache_dir/centroids/<hash>.json``.
+
+    The key is the data set's :meth:`cache_key` (for files on disk: every label file's path, size
+    and modification time) with the tile, the number of classes and :data:`CENTROID_RULE`, so a
+    rewritten label file, another data set or other settings never read stale centroids.
+    """
+    key = f"{CENTROID_RULE}:tile={tile}:classes={num_classes}:{dataset.cache_key()}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     cache_dir = cache_dir or default_cache_dir()
-    path = os.path.join(cache_dir, "centroids", hashlib.sha1(key.encode()).hexdigest()[:20] + ".json")
+    path = os.path.join(cache_dir, "centroids", digest[:32] + ".json")
     if os.path.isfile(path):
         try:
             with open(path) as f:
                 data = json.load(f)
-            if data.get("key") == key:
+            if data.get("key") == digest:
                 return {int(c): v for c, v in data["centroids"].items()}
         except (OSError, ValueError):
             pass
@@ -74,14 +93,38 @@ def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = No
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump({"key": key, "centroids": {str(c): v for c, v in cents.items()}}, f)
+        json.dump({"key": digest, "centroids": {str(c): v for c, v in cents.items()}}, f)
     os.replace(tmp, path)
     return cents
 
 
+def build_epoch(length: int, centroids: dict[int, list], class_uniform_pct: float, rng: np.random.Generator,
+                num_classes: int = NUM_CLASSES) -> list[tuple[int, tuple[int, int] | None]]:
+    """One epoch as the official ``build_epoch`` composes it, then shuffled: ``[(index, centroid or None)]``.
+
+    ``k = int(length * class_uniform_pct / num_classes)`` items of each class that has centroids
+    (its centroids shuffled, taken cyclically), and ``length - k * num_classes`` images drawn
+    without replacement with no centroid. The length is ``length`` minus ``k`` per class without
+    centroids (as the official epoch).
+    """
+    per_class = int((length * class_uniform_pct) / num_classes)
+    items: list[tuple[int, tuple[int, int] | None]] = [
+        (int(i), None) for i in rng.permutation(length)[: length - per_class * num_classes]]
+    if per_class > 0:
+        for c in sorted(centroids):
+            cents = centroids[c]
+            if not cents:
+                continue
+            order = rng.permutation(len(cents))
+            for j in range(per_class):
+                idx, y, x = cents[order[j % len(cents)]]
+                items.append((int(idx), (int(y), int(x))))
+    return [items[i] for i in rng.permutation(len(items))]
+
+
 class TrainSampler:
     """Batch sampler yielding, for iterations ``start_iter .. total_iters - 1``, this process's
-    batch of ``(index, (seed, g), centroid | None)`` items (see the module docstring).
+    batch of ``(index, (seed, 3, g), centroid | None)`` items (see the module docstring).
 
     Args:
         length: data set size N.
@@ -92,39 +135,40 @@ class TrainSampler:
         rank, world_size: this process among ``world_size``; the global batch is
             ``batch_size * world_size`` and rank r takes slots ``r*batch_size .. (r+1)*batch_size - 1``.
         centroids: ``{class: [[index, row, col], ...]}`` or None (no class-uniform sampling).
-        class_uniform_pct: probability that a sample is class-uniform (paper / official: 0.5).
+        class_uniform_pct: the fraction of each epoch that is class-uniform (official: 0.5).
+        num_classes: the number of classes the epoch is divided by (official: the data set's).
     """
 
     def __init__(self, length: int, batch_size: int, total_iters: int, seed: int = 0, start_iter: int = 0,
                  rank: int = 0, world_size: int = 1, centroids: dict[int, list] | None = None,
-                 class_uniform_pct: float = 0.0) -> None:
+                 class_uniform_pct: float = 0.0, num_classes: int = NUM_CLASSES) -> None:
         if length < 1:
             raise ValueError("hanet_fast.data: TrainSampler needs a non-empty data set")
+        if not 0 <= class_uniform_pct <= 1:
+            raise ValueError(f"hanet_fast.data: class_uniform_pct must be in [0, 1], got {class_uniform_pct}")
         self.length, self.batch_size, self.total_iters = length, batch_size, total_iters
         self.seed, self.start_iter, self.rank, self.world_size = seed, start_iter, rank, world_size
         self.class_uniform_pct = class_uniform_pct if centroids else 0.0
         self.centroids = {int(c): v for c, v in (centroids or {}).items() if len(v) > 0}
-        self.classes = sorted(self.centroids)
-        self._perm_epoch, self._perm = -1, None
+        self.num_classes = num_classes
+        self._epoch_index, self._epoch = -1, None
+        self.epoch_length = len(self.epoch(0))
 
     def __len__(self) -> int:
         return max(self.total_iters - self.start_iter, 0)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, 1, epoch]).permutation(self.length)
-            self._perm_epoch = epoch
-        return self._perm
+    def epoch(self, e: int) -> list[tuple[int, tuple[int, int] | None]]:
+        """Epoch ``e``'s items ``(index, centroid or None)`` in the order they are drawn."""
+        if e != self._epoch_index:
+            rng = np.random.default_rng([self.seed, 1, e])
+            self._epoch = build_epoch(self.length, self.centroids, self.class_uniform_pct, rng, self.num_classes)
+            self._epoch_index = e
+        return self._epoch
 
     def item(self, g: int):
         """The item of global sample ``g``."""
-        if self.class_uniform_pct > 0:
-            rng = np.random.default_rng([self.seed, 2, g])
-            if rng.random() < self.class_uniform_pct:
-                c = self.classes[int(rng.integers(len(self.classes)))]
-                idx, y, x = self.centroids[c][int(rng.integers(len(self.centroids[c])))]
-                return int(idx), (self.seed, 3, g), (float(y), float(x))
-        return int(self._permutation(g // self.length)[g % self.length]), (self.seed, 3, g), None
+        index, centroid = self.epoch(g // self.epoch_length)[g % self.epoch_length]
+        return index, (self.seed, 3, g), centroid
 
     def __iter__(self):
         global_batch = self.batch_size * self.world_size

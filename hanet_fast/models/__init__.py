@@ -17,7 +17,6 @@ from hanet_fast.models.deeplab import (
     HANetConfig,
     SegmentationOutput,
     deeplabv3plus,
-    resize_row_pos,
 )
 from hanet_fast.models.official import (
     OfficialCheckpointError,
@@ -40,7 +39,6 @@ __all__ = [
     "DeepLabV3PlusHANet",
     "SegmentationOutput",
     "deeplabv3plus",
-    "resize_row_pos",
     "OfficialCheckpointError",
     "convert_official_state_dict",
     "infer_official_config",

@@ -52,7 +52,6 @@ __all__ = [
     "ASPP",
     "DeepLabV3PlusHANet",
     "deeplabv3plus",
-    "resize_row_pos",
 ]
 
 #: The paper's names of the five HANet positions (Fig. 3); L{k} is module ``hanet{k-1}``.
@@ -185,21 +184,6 @@ def _conv_bn_relu(cin: int, cout: int, kernel_size: int = 1, dilation: int = 1) 
 
 def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
-
-def resize_row_pos(row_pos: torch.Tensor, height: int) -> torch.Tensor:
-    """Resize image-level row positions ``[B, H_img]`` to a feature map's height: ``[B, height]``.
-
-    Nearest-neighbour (``F.interpolate(mode="nearest")``): feature row ``i`` gets the position
-    of image row ``floor(i * H_img / height)``, the top image row it covers when the height
-    divides. The HANet module then takes coarse row ``j`` at feature row
-    ``floor(j * height / rows)``; when ``H_img`` is a multiple of ``height`` and ``height`` of
-    ``rows`` (e.g. 768- or 1024-pixel crops at output stride 8 or 16 with 16 rows) the two steps
-    pick exactly the image row the official code picks in one step (``floor(j * H_img / rows)``),
-    so positions, and outputs, are the official ones. For other sizes a coarse row may get the
-    position of an image row a few pixels above the official one.
-    """
-    return F.interpolate(row_pos.unsqueeze(1), size=height, mode="nearest").squeeze(1)
 
 
 class ASPP(nn.Module):
@@ -365,9 +349,10 @@ class DeepLabV3PlusHANet(nn.Module):
             row_pos: optional ``[B, H]`` float: each image row's vertical position in the
                 original full image as a fraction in ``[0, 1)``; for rows ``top .. top + H`` of
                 a full image of height ``H_full`` (both counted after any resizing):
-                ``(top + arange(H)) / H_full``. None means every image is a full image. Each
-                HANet layer receives it resized to its ``x_low`` height by
-                :func:`resize_row_pos` (nearest).
+                ``(top + arange(H)) / H_full``, and ``hanet_fast.nn.PAD_ROW_POS`` for padded
+                rows. None means every image is a full image. Every HANet layer receives these
+                image-level positions and resizes them straight to its coarse rows (as the
+                official code does, whatever the layer's feature height).
             return_attention: also return every enabled HANet layer's coarse attention map.
             return_aux: compute the auxiliary logits; default: in training mode when the
                 network has an auxiliary head.
@@ -381,16 +366,10 @@ class DeepLabV3PlusHANet(nn.Module):
         if return_aux and self.dsn is None:
             raise ValueError("hanet_fast.models: return_aux=True but the network was built with aux=False")
         attention: dict[str, torch.Tensor] | None = {} if return_attention else None
-        resized: dict[int, torch.Tensor] = {}
 
         def gate(k: int, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
             module = getattr(self, f"hanet{k}")
-            pos = None
-            if row_pos is not None and module.pos_encoding is not None:
-                height = x_low.shape[2]
-                if height not in resized:
-                    resized[height] = resize_row_pos(row_pos, height)
-                pos = resized[height]
+            pos = row_pos if module.pos_encoding is not None else None
             if attention is None:
                 return module(x_low, x_high, pos)
             out, attn = module(x_low, x_high, pos, return_attention=True)

@@ -445,8 +445,7 @@ def load_official_checkpoint(
         The network in eval mode, on the CPU (unless ``map_location`` put the weights elsewhere
         and you move it). In eval mode and fp32 its outputs equal the official network's for
         the same input and positions (``row_pos`` = image row / full image height, the
-        official ``pos_h`` map; see :func:`hanet_fast.models.resize_row_pos` for the sizes where
-        the positions match exactly).
+        official ``pos_h`` map).
 
     Raises:
         OfficialCheckpointError: unreadable file, configuration that cannot be inferred, or

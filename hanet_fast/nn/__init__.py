@@ -2,9 +2,12 @@
 
 from hanet_fast.nn.hanet import HANet
 from hanet_fast.nn.positional import (
+    PAD_ROW_POS,
     POS_ENCODINGS,
     PositionalEncoding1d,
+    check_row_pos,
     coarse_positions,
+    default_max_jitter,
     jitter_positions,
     sinusoid_table,
 )
@@ -13,6 +16,9 @@ __all__ = [
     "HANet",
     "PositionalEncoding1d",
     "POS_ENCODINGS",
+    "PAD_ROW_POS",
+    "check_row_pos",
+    "default_max_jitter",
     "sinusoid_table",
     "coarse_positions",
     "jitter_positions",

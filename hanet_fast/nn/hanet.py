@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from hanet_fast.ops import BACKENDS, height_gate, height_pool
-from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d
+from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d, check_row_pos
 
 __all__ = ["HANet"]
 
@@ -193,11 +193,10 @@ class HANet(nn.Module):
         if row_pos is not None:
             if not isinstance(row_pos, torch.Tensor):
                 raise TypeError(f"hanet_fast.nn.HANet: row_pos must be a torch.Tensor or None, got {type(row_pos).__name__}")
-            expected = (x_low.shape[0], x_low.shape[2])
-            if row_pos.dim() != 2 or tuple(row_pos.shape) != expected:
+            if row_pos.dim() != 2 or row_pos.shape[0] != x_low.shape[0] or row_pos.shape[1] < 1:
                 raise ValueError(
-                    f"hanet_fast.nn.HANet: row_pos must have shape [B, H_low] = {list(expected)}, "
-                    f"got {tuple(row_pos.shape)}"
+                    f"hanet_fast.nn.HANet: row_pos must have shape [B, H_img] with B = {x_low.shape[0]} "
+                    f"(one position per row of the network's input image), got {tuple(row_pos.shape)}"
                 )
             if not row_pos.is_floating_point():
                 raise TypeError(
@@ -206,6 +205,7 @@ class HANet(nn.Module):
                 )
             if row_pos.device != x_low.device:
                 raise ValueError(f"hanet_fast.nn.HANet: row_pos is on {row_pos.device} but x_low is on {x_low.device}")
+            check_row_pos(row_pos, "hanet_fast.nn.HANet")
 
     def attention(self, x_low: torch.Tensor, row_pos: torch.Tensor | None = None) -> torch.Tensor:
         """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked)."""
@@ -235,12 +235,15 @@ class HANet(nn.Module):
             x_low: ``[B, in_channels, H_low, W_low]``, the feature map the attention is computed from.
             x_high: ``[B, out_channels, H_high, W_high]``, the feature map that is gated; any
                 height (the attention is linearly upsampled from ``rows`` to ``H_high``).
-            row_pos: optional ``[B, H_low]`` float: each row of ``x_low``'s vertical position in
-                the original full image, as a fraction in ``[0, 1)`` (e.g. for a crop of rows
-                ``top .. top + h`` of an image of height ``H_img``:
-                ``(top + arange(H_low) * h / H_low) / H_img``). None means ``x_low`` covers the
-                full image (the same as ``arange(H_low) / H_low``). Only used with a positional
-                encoding.
+            row_pos: optional ``[B, H_img]`` float, one entry per row of the network's *input
+                image* (any ``H_img``, independent of ``x_low``'s height): that row's vertical
+                position in the original full image as a fraction in ``[0, 1)`` (for rows
+                ``top .. top + H_img`` of a full image of height ``H_full``:
+                ``(top + arange(H_img)) / H_full``), or ``hanet_fast.nn.PAD_ROW_POS`` (1.0) for a padded row.
+                Coarse row ``j`` takes the position of image row ``floor(j * H_img / rows)``.
+                None means the input is the full image (position ``j`` for coarse row ``j``).
+                Only used with a positional encoding. NaN, negative or other values above 1
+                raise ``ValueError``.
             return_attention: also return the coarse attention.
 
         Returns:

@@ -8,9 +8,16 @@ The table and the way positions are looked up follow the official implementation
 - a table of ``rows + 1`` positions x ``dim`` channels; the sinusoidal one is
   ``PE(p, 2i) = sin(p / c^(2i/dim))``, ``PE(p, 2i+1) = cos(p / c^(2i/dim))`` with
   ``c = 10`` when ``dim > 50`` else ``100``, plus 1 everywhere; the learned one starts at zero;
-- positions are rows of the *original full image* quantised to ``rows`` levels, resized to
-  ``rows`` entries by nearest interpolation, and in training jittered by
-  ``floor(N(0, noise))`` clamped to ``±max_jitter`` and then to ``[0, rows]``.
+- positions are rows of the *original full image* quantised to ``rows`` levels; the input
+  image's positions are resized to ``rows`` entries by nearest interpolation in one step
+  (coarse row ``j`` takes image row ``floor(j * H_img / rows)``), whatever the height of the
+  feature map the module sees;
+- padded rows (a training crop larger than the scaled image) have the pad position ``rows``,
+  the table's extra row (official ``IGNORE_POS``); in ``row_pos`` they hold
+  :data:`PAD_ROW_POS`;
+- in training the positions are jittered by ``trunc(N(0, noise))`` (the official ``// 1`` on
+  a float tensor truncated toward zero on torch 1.4), clamped to ``±(rows // 8)`` (official
+  ``16 // pos_rfactor`` with ``rows = 128 // pos_rfactor``), then clamped to ``[0, rows]``.
 """
 
 from __future__ import annotations
@@ -21,13 +28,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["POS_ENCODINGS", "ROW_POS_TOLERANCE", "sinusoid_table", "coarse_positions", "jitter_positions", "PositionalEncoding1d"]
+__all__ = ["POS_ENCODINGS", "PAD_ROW_POS", "ROW_POS_TOLERANCE", "sinusoid_table", "check_row_pos", "coarse_positions",
+           "default_max_jitter", "jitter_positions", "PositionalEncoding1d"]
 
 #: The kinds of positional encoding :class:`PositionalEncoding1d` builds.
 POS_ENCODINGS = ("sinusoidal", "learned")
 
 #: Rounding error (in coarse rows) that :func:`coarse_positions` forgives before flooring.
 ROW_POS_TOLERANCE = 1e-3
+
+#: The ``row_pos`` of a padded row: one image height below the top, the fraction the official
+#: ``IGNORE_POS`` (128 in units of 8 rows of a 1024-row image) stands for. It is the only value
+#: outside ``[0, 1)`` that ``row_pos`` may hold, and it maps to table index ``rows``.
+PAD_ROW_POS = 1.0
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -50,43 +63,69 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     return (table + 1.0).to(torch.float32)
 
 
+def check_row_pos(row_pos: torch.Tensor, where: str) -> None:
+    """Raise ``ValueError`` naming ``row_pos`` unless every value is a fraction in ``[0, 1)`` or
+    the pad position :data:`PAD_ROW_POS` (NaN is refused too).
+
+    The check reads the values back to the host, so it is skipped while ``torch.compile``
+    traces or a CUDA graph captures (neither can synchronise); eager calls always check.
+    """
+    if torch.compiler.is_compiling() or (row_pos.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    bad = ~(((row_pos >= 0) & (row_pos < 1)) | (row_pos == PAD_ROW_POS))  # NaN fails every comparison
+    if bool(bad.any()):
+        first = row_pos[bad].flatten()[0].item()
+        raise ValueError(
+            f"{where}: row_pos must hold each row's position as a fraction of the full image height in [0, 1), "
+            f"or {PAD_ROW_POS} for a padded row; got {first} ({int(bad.sum())} bad values)"
+        )
+
+
 def coarse_positions(row_pos: torch.Tensor | None, rows: int, batch: int, device: torch.device | None = None) -> torch.Tensor:
     """The position (table index) of each of the ``rows`` coarse rows: ``[batch, rows]`` int64.
 
     Args:
-        row_pos: ``[batch, H_in]`` float, each input row's vertical position in the original
-            full image as a fraction in ``[0, 1)``; or None, meaning the input *is* the full
+        row_pos: ``[batch, H_img]`` float, each row of the network's input image: its vertical
+            position in the original full image as a fraction in ``[0, 1)``, or
+            :data:`PAD_ROW_POS` for a padded row; or None, meaning the input *is* the full
             image, so coarse row ``j`` has position ``j``.
-        rows: the number of coarse rows (and of positions, ``0 .. rows - 1``).
+        rows: the number of coarse rows (positions ``0 .. rows - 1``, and ``rows`` for padding).
         batch: the batch size (used when ``row_pos`` is None).
         device: where the result lives when ``row_pos`` is None.
 
-    Each input row's position is ``floor(row_pos * rows)`` clamped to ``[0, rows - 1]`` (so
-    values that round up to 1.0 stay in range), then the ``H_in`` positions are resized to
-    ``rows`` by nearest interpolation (``F.interpolate(mode="nearest")``), as the official code
-    does. The floor allows :data:`ROW_POS_TOLERANCE` coarse rows of rounding error, so that
+    Coarse row ``j`` takes image row ``floor(j * H_img / rows)`` (nearest resizing of the
+    ``H_img`` positions straight to ``rows`` entries, in exact integer arithmetic: torch's
+    float32 nearest index equals it whenever ``rows`` is a power of two, as in every official
+    configuration). That row's position is ``floor(row_pos * rows)`` clamped to
+    ``[0, rows - 1]`` (fractions that round up to 1.0 stay in range), or ``rows`` for the pad
+    position. The floor allows :data:`ROW_POS_TOLERANCE` coarse rows of rounding error, so that
     fractions computed in floating point from integer pixel rows, ``(top + r) / H_img``, give
     exactly the official integer result ``((top + r) * rows) // H_img``.
-
-    Nearest resizing picks input row ``floor(j * H_in / rows)`` for coarse row ``j``; when
-    ``H_in`` is a multiple of ``rows``, a ``row_pos`` of the full image (``arange(H_in) / H_in``)
-    therefore gives position ``j``, the same as ``row_pos=None``; for other ``H_in`` the
-    official rule gives slightly smaller positions for some rows.
     """
     if row_pos is None:
         return torch.arange(rows, device=device).unsqueeze(0).expand(batch, rows)
-    pos = torch.floor(row_pos * rows + ROW_POS_TOLERANCE).clamp(0, rows - 1)
-    return F.interpolate(pos.float().unsqueeze(1), size=rows, mode="nearest").squeeze(1).long()
+    height = row_pos.shape[1]
+    picked = row_pos[:, torch.arange(rows, device=row_pos.device) * height // rows]
+    pos = torch.floor(picked * rows + ROW_POS_TOLERANCE).clamp(0, rows - 1).long()
+    return torch.where(picked == PAD_ROW_POS, rows, pos)
+
+
+def default_max_jitter(rows: int) -> int:
+    """The official jitter clamp ``16 // pos_rfactor`` written in terms of ``rows = 128 // pos_rfactor``."""
+    return rows // 8
 
 
 def jitter_positions(pos: torch.Tensor, noise: float, max_jitter: int, max_pos: int) -> torch.Tensor:
-    """Random vertical jitter of positions (training only): ``pos + clamp(floor(N(0, noise)), ±max_jitter)``,
+    """Random vertical jitter of positions (training only): ``pos + clamp(trunc(N(0, noise)), ±max_jitter)``,
     clamped to ``[0, max_pos]``.
 
-    Draws from torch's default generator of ``pos``'s device (``torch.manual_seed`` reproduces
-    it) and stays on the device, so it traces under ``torch.compile`` without a graph break.
+    The shift is truncated toward zero, as the official ``noise // 1`` was on torch 1.4
+    (``floor_divide`` truncated before torch 1.13): with ``noise = 0.5`` 95.4 % of rows keep
+    their position and the mean shift is 0. Draws from torch's default generator of ``pos``'s
+    device (``torch.manual_seed`` reproduces it) and stays on the device, so it traces under
+    ``torch.compile`` without a graph break.
     """
-    shift = torch.floor(torch.randn(pos.shape, device=pos.device) * noise).long()
+    shift = torch.trunc(torch.randn(pos.shape, device=pos.device) * noise).long()
     return (pos + shift.clamp(-max_jitter, max_jitter)).clamp(0, max_pos)
 
 
@@ -94,21 +133,23 @@ class PositionalEncoding1d(nn.Module):
     """Adds a vertical positional encoding to a coarse-row feature map ``[B, dim, rows]``.
 
     Args:
-        rows: number of coarse rows; the table has ``rows + 1`` positions (``0 .. rows``; the
-            last one is reachable only through the training jitter, as in the official code).
+        rows: number of coarse rows; the table has ``rows + 1`` positions: ``0 .. rows - 1``
+            for image rows and ``rows`` for padded rows (also reached by the training jitter),
+            as in the official code.
         dim: channels of the feature map the encoding is added to.
         kind: ``"sinusoidal"`` (fixed table, a persistent non-trainable buffer ``weight``) or
             ``"learned"`` (a trainable parameter ``weight``, zero-initialised like the official
             ``PosEmbedding1D``).
         noise: standard deviation of the training jitter; 0 disables it.
-        max_jitter: the jitter is clamped to ``[-max_jitter, max_jitter]`` positions.
+        max_jitter: the jitter is clamped to ``[-max_jitter, max_jitter]`` positions; None:
+            the official ``rows // 8`` (:func:`default_max_jitter`).
 
     The table is named ``weight`` for both kinds: it is the official ``pos_layer.weight``.
     """
 
     weight: torch.Tensor
 
-    def __init__(self, rows: int, dim: int, kind: str = "sinusoidal", noise: float = 0.0, max_jitter: int = 2) -> None:
+    def __init__(self, rows: int, dim: int, kind: str = "sinusoidal", noise: float = 0.0, max_jitter: int | None = None) -> None:
         super().__init__()
         if kind not in POS_ENCODINGS:
             raise ValueError(f"hanet_fast: kind must be one of {POS_ENCODINGS}, got {kind!r}")
@@ -118,7 +159,7 @@ class PositionalEncoding1d(nn.Module):
         self.dim = dim
         self.kind = kind
         self.noise = float(noise)
-        self.max_jitter = max_jitter
+        self.max_jitter = default_max_jitter(rows) if max_jitter is None else max_jitter
         if kind == "sinusoidal":
             self.register_buffer("weight", sinusoid_table(rows + 1, dim), persistent=True)
         else:
