@@ -15,7 +15,11 @@ mIoU on the synthetic validation split and leaves in its run folder (``runs/<tim
 Multi-process: ``torchrun --nproc_per_node=N -m hanet_fast.train ...`` (DDP; NCCL on GPU, gloo
 on CPU; ``--sync-bn`` converts BatchNorm to SyncBatchNorm on GPU). ``--batch-size`` is per
 process. ``--resume PATH`` continues a run exactly (model, optimizer, scheduler, AMP scaler,
-sampler position and RNG states); the run's settings are taken from the checkpoint.
+sampler position and RNG states); the run's settings are taken from the checkpoint, flags that
+would change them are refused, and only ``--iters`` (to extend), ``--workers``, ``--threads``,
+``--data-root``, ``--cache-dir``, ``--device``, the logging, validation and checkpoint intervals
+and the progress bar may differ. A non-empty ``--out`` is refused unless ``--resume`` continues
+the run there or ``--overwrite`` replaces it.
 
 Presets (``--preset NAME``; explicit flags override them):
 
@@ -135,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a set of defaults (see the epilog); explicit flags override it")
     g.add_argument("--out", default=None, help="run folder (default runs/<timestamp>; with --resume, the checkpoint's folder)")
     g.add_argument("--resume", default=None, help="checkpoint file (or run folder) to continue exactly; other flags "
-                   "may only change --iters (to extend), --workers, --threads, --cache-dir, --device, logging and "
-                   "checkpoint intervals and the progress bar")
+                   "may only change --iters (to extend), --workers, --threads, --data-root, --cache-dir, --device, "
+                   "logging, validation and checkpoint intervals and the progress bar")
     g.add_argument("--overwrite", action="store_true",
                    help="start a new run in a non-empty --out folder, replacing the run there")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")

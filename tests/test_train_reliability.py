@@ -77,11 +77,12 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
     ckpt = _fake_checkpoint(tmp_path / "checkpoint.pt")
     before = ckpt.read_bytes()
     line = _exit(capsys, ["--resume", str(ckpt), "--iters", "8", "--lr", "0.5", "--batch-size", "4",
-                          "--backbone", "resnet50", "--crop-size", "32,64", "--workers", "0"])
+                          "--backbone", "resnet50", "--crop-size", "32,64", "--workers", "0", "--data-root", "/moved"])
     for flag in ("--lr 0.5", "--batch-size 4", "--backbone resnet50"):
         assert flag in line
-    # --iters may grow, --workers may change, and a flag equal to the run's setting is no change.
-    for flag in ("--iters", "--workers", "--crop-size"):
+    # --iters may grow, --workers and --data-root may change, and a flag equal to the run's
+    # setting is no change.
+    for flag in ("--iters", "--workers", "--data-root", "--crop-size"):
         assert flag not in line
     assert ckpt.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
     line = _exit(capsys, ["--resume", str(_fake_checkpoint(tmp_path / "checkpoint.pt", iteration=3)), "--iters", "2"])
