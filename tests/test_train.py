@@ -125,50 +125,6 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, full_run, m
     assert json.load(open(full_run / "metrics.json"))["mIoU"] == metrics["mIoU"]
 
 
-def test_cli_smoke_run(tmp_path):
-    out = tmp_path / "run"
-    res = subprocess.run(
-        [sys.executable, "-m", "hanet_fast.train", *TINY, "--iters", "3", "--val-every", "2", "--ckpt-every", "2",
-         "--workers", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "mIoU" in res.stdout and "traffic sign" in res.stdout
-    for name in ("checkpoint.pt", "metrics.json", "args.json", "predictions.png"):
-        assert (out / name).is_file(), name
-    if importlib.util.find_spec("matplotlib"):
-        assert (out / "attention.png").is_file()
-    if importlib.util.find_spec("tensorboard"):
-        assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
-    ckpt = _weights(out)
-    assert ckpt["iteration"] == 3 and ckpt["model_config"]["backbone"] == "mobilenet_v2"
-    assert len(ckpt["optimizer"]["param_groups"]) == 2  # main + HANet (own weight decay)
-    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [5e-4, 1e-4]
-
-
-def test_torchrun_two_process_gloo(tmp_path):
-    out = tmp_path / "ddp"
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hanet_fast.train",
-         *TINY, "--threads", "1", "--iters", "2", "--workers", "0", "--device", "cpu", "--out", str(out),
-         "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    metrics = json.load(open(out / "metrics.json"))
-    assert metrics["world_size"] == 2 and metrics["iteration"] == 2
-    assert _weights(out)["iteration"] == 2
-
-
-def test_iou_metrics():
-    from hanet_fast.training.metrics import confusion, format_table, iou_from_confusion
-    target = torch.tensor([0, 0, 1, 1, 255, 2])
-    pred = torch.tensor([0, 1, 1, 1, 0, 0])
-    conf = confusion(pred, target, 4)
-    ious, miou, acc = iou_from_confusion(conf)
-    assert ious[:3] == [1 / 3, 2 / 3, 0.0] and ious[3] != ious[3]  # class 3 absent: nan, left out of the mean
-    assert abs(miou - 1 / 3) < 1e-12 and abs(acc - 3 / 5) < 1e-12
-    assert "mIoU" in format_table(ious, miou, acc, names=["a", "b", "c", "d"])
-
-
 # Runs hanet_fast.train with a SIGKILL at the N-th checkpoint write (half of the file written) or
 # at the start of the N-th validation; TensorBoard events are flushed as they are logged, as they
 # would be on disk after the writer's periodic flushes in a long run.
@@ -242,3 +198,48 @@ def test_sigkill_during_validation_and_checkpoint_write_then_resume_is_exact(tmp
         # The interrupted sessions' events after their checkpoints are purged, not repeated.
         assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
         assert [e.step for e in events.Scalars("val/mIoU")] == [4]
+
+
+def test_cli_smoke_run(tmp_path):
+    out = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "hanet_fast.train", *TINY, "--iters", "3", "--val-every", "2", "--ckpt-every", "2",
+         "--workers", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "mIoU" in res.stdout and "traffic sign" in res.stdout
+    for name in ("checkpoint.pt", "metrics.json", "args.json", "predictions.png"):
+        assert (out / name).is_file(), name
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "attention.png").is_file()
+    if importlib.util.find_spec("tensorboard"):
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
+    ckpt = _weights(out)
+    assert ckpt["iteration"] == 3 and ckpt["model_config"]["backbone"] == "mobilenet_v2"
+    assert len(ckpt["optimizer"]["param_groups"]) == 2  # main + HANet (own weight decay)
+    assert [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]] == [5e-4, 1e-4]
+
+
+def test_torchrun_two_process_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hanet_fast.train",
+         *TINY, "--threads", "1", "--iters", "2", "--workers", "0", "--device", "cpu", "--out", str(out),
+         "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["world_size"] == 2 and metrics["iteration"] == 2
+    assert _weights(out)["iteration"] == 2
+
+
+def test_iou_metrics():
+    from hanet_fast.training.metrics import confusion, format_table, iou_from_confusion
+    target = torch.tensor([0, 0, 1, 1, 255, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 0])
+    conf = confusion(pred, target, 4)
+    ious, miou, acc = iou_from_confusion(conf)
+    assert ious[:3] == [1 / 3, 2 / 3, 0.0] and ious[3] != ious[3]  # class 3 absent: nan, left out of the mean
+    assert abs(miou - 1 / 3) < 1e-12 and abs(acc - 3 / 5) < 1e-12
+    assert "mIoU" in format_table(ious, miou, acc, names=["a", "b", "c", "d"])
+
