@@ -242,4 +242,3 @@ def test_iou_metrics():
     assert ious[:3] == [1 / 3, 2 / 3, 0.0] and ious[3] != ious[3]  # class 3 absent: nan, left out of the mean
     assert abs(miou - 1 / 3) < 1e-12 and abs(acc - 3 / 5) < 1e-12
     assert "mIoU" in format_table(ious, miou, acc, names=["a", "b", "c", "d"])
-
