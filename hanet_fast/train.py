@@ -522,7 +522,7 @@ def train(args, given: set[str] | None = None) -> dict:
         run_dir = os.path.dirname(os.path.abspath(args.resume)) if os.path.isfile(args.resume) else args.resume
         if args.out is None:
             args.out = run_dir
-        elif os.path.abspath(args.out) != os.path.abspath(run_dir):
+        elif os.path.realpath(args.out) != os.path.realpath(run_dir):
             _check_out_folder(args.out, args.overwrite)
         if main:
             print(f"hanet_fast.train: resuming {args.resume} at iteration {resume_state['iteration']}"
