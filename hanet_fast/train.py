@@ -15,7 +15,11 @@ mIoU on the synthetic validation split and leaves in its run folder (``runs/<tim
 Multi-process: ``torchrun --nproc_per_node=N -m hanet_fast.train ...`` (DDP; NCCL on GPU, gloo
 on CPU; ``--sync-bn`` converts BatchNorm to SyncBatchNorm on GPU). ``--batch-size`` is per
 process. ``--resume PATH`` continues a run exactly (model, optimizer, scheduler, AMP scaler,
-sampler position and RNG states); the run's settings are taken from the checkpoint.
+sampler position and RNG states); the run's settings are taken from the checkpoint, flags that
+would change them are refused, and only ``--iters`` (to extend), ``--workers``, ``--threads``,
+``--data-root``, ``--cache-dir``, ``--device``, the logging, validation and checkpoint intervals
+and the progress bar may differ. A non-empty ``--out`` is refused unless ``--resume`` continues
+the run there or ``--overwrite`` replaces it.
 
 Presets (``--preset NAME``; explicit flags override them; ``--help`` lists them in a table and
 ``--preset NAME --print-config`` prints every setting of one):
@@ -50,9 +54,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hanet_fast._cli import size_arg
-from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, EvalTransform, SyntheticUrbanScenes,
-                             TrainSampler, TrainTransform, class_centroids)
+from hanet_fast._cli import resolve_device, size_arg
+from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
+                             SyntheticUrbanScenes, TrainSampler, TrainTransform, class_centroids)
 from hanet_fast.evaluate import accumulate_confusion
 from hanet_fast.inference import amp_context
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
@@ -137,9 +141,32 @@ PRESET_PROCESSES = {"synthetic-mobilenet": 1, "train_r101_os8_hanet": 2, "train_
 
 DEFAULT_PRESET = "synthetic-mobilenet"
 
-# Settings a resumed run takes from the command line rather than from the checkpoint.
-_RUNTIME_KEYS = ("out", "resume", "workers", "no_progress", "stop_after", "device", "cache_dir", "threads",
-                 "log_every", "deterministic")
+# Settings a resumed run may change because they leave its weights as they are: taken from the
+# command line where given there, else from the checkpoint. --iters may grow (the poly schedule
+# then decays towards the new end); --data-root may follow data that moved. Any other flag given
+# with --resume that differs from the checkpoint is refused.
+_RESUME_MUTABLE = ("iters", "workers", "no_progress", "cache_dir", "threads", "log_every", "val_every", "ckpt_every",
+                   "num_vis", "deterministic", "data_root")
+# Settings of one invocation, never taken from the checkpoint.
+_RESUME_FRESH = ("out", "resume", "overwrite", "stop_after", "device")
+# What a run writes into its folder (--overwrite removes the earlier run's copies first).
+_RUN_OUTPUTS = ("checkpoint.pt", "metrics.json", "args.json", "attention.png", "predictions.png")
+
+
+class RunError(Exception):
+    """A setting, run folder, checkpoint or data problem that the CLI reports in one line; exit
+    status ``status`` (2: bad input; 1: a fault during the run, such as a full disk)."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line in one line (the usage of this many flags would bury it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -174,7 +201,7 @@ def format_config(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m hanet_fast.train",
         description="Train DeepLabv3+ with HANet (height-driven attention, CVPR 2020) for urban-scene segmentation. "
                     "With no arguments: MobileNetV2 + HANet on the built-in synthetic street scenes.",
@@ -189,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--print-config", action="store_true",
                    help="print every setting (the preset's, with any flags given applied) and exit")
     g.add_argument("--out", default=None, help="run folder (default runs/<timestamp>; with --resume, the checkpoint's folder)")
-    g.add_argument("--resume", default=None, help="checkpoint file (or run folder) to continue exactly")
+    g.add_argument("--resume", default=None, help="checkpoint file (or run folder) to continue exactly; other flags "
+                   "may only change --iters (to extend), --workers, --threads, --data-root, --cache-dir, --device, "
+                   "logging, validation and checkpoint intervals and the progress bar")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a non-empty --out folder, replacing the run there")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and augmentation")
     g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
@@ -289,6 +320,8 @@ def resolve_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.baseline and hasattr(args, "hanet_layers"):
+        parser.error("--baseline means no HANet: leave out --hanet-layers (or give --hanet-layers 0,0,0,0,0 alone)")
     for key, value in preset.items():
         if not hasattr(args, key):
             setattr(args, key, value)
@@ -309,7 +342,47 @@ def resolve_args(argv=None) -> argparse.Namespace:
         parser.error(f"--data-root is required for --dataset {args.dataset}")
     if args.iters < 1 or args.batch_size < 1:
         parser.error("--iters and --batch-size must be positive")
+    _check_values(parser, args)
     return args
+
+
+def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (one line, exit 2) for a setting that would crash or silently misbehave."""
+    if args.log_every < 1:
+        parser.error(f"--log-every must be at least 1, got {args.log_every}")
+    for key in ("val_every", "ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size", "num_vis",
+                "class_uniform_tile"):
+        if getattr(args, key) < 0:
+            parser.error(f"--{key.replace('_', '-')} must not be negative, got {getattr(args, key)}")
+    if not 0 <= args.class_uniform_pct <= 1:
+        parser.error(f"--class-uniform-pct must be in [0, 1], got {args.class_uniform_pct}")
+    if not 0 < args.scale_min <= args.scale_max < math.inf:
+        parser.error(f"--scale-min and --scale-max must satisfy 0 < min <= max, got {args.scale_min} and {args.scale_max}")
+    if args.dataset == "synthetic" and min(args.synthetic_train, args.synthetic_val) < 1:
+        parser.error("--synthetic-train and --synthetic-val must be positive")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    # BatchNorm in training needs two values per channel; after ASPP's image pooling there is one
+    # per image, so one image per process fails unless SyncBatchNorm pools the processes' batches.
+    sync = int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.sync_bn and device.type == "cuda"
+    if args.batch_size < 2 and not sync:
+        parser.error("--batch-size must be at least 2 per process: the BatchNorm after ASPP's image pooling sees one "
+                     "value per channel and image, and cannot train on a single one (or use SyncBatchNorm across "
+                     "GPUs with torchrun)")
+
+
+def given_settings(argv=None) -> set[str]:
+    """The settings (argparse ``dest`` names) given explicitly on the command line ``argv``."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 # --------------------------------------------------------------------------- setup
@@ -319,9 +392,10 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _device(args, local_rank: int) -> torch.device:
-    if args.device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(args.device)
+    try:
+        dev = resolve_device(args.device)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev
@@ -359,13 +433,96 @@ class _NullWriter:
     def close(self): pass
 
 
-def _writer(out: str):
+def _writer(out: str, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         warnings.warn("hanet_fast.train: tensorboard is not installed (pip install tensorboard): no TensorBoard logs")
         return _NullWriter()
-    return SummaryWriter(os.path.join(out, "tb"))
+    return SummaryWriter(os.path.join(out, "tb"), purge_step=purge_step)
+
+
+def create_run_folder(stamp: str, parent: str = "runs") -> str:
+    """Create ``parent/stamp`` (or ``parent/stamp-2``, ``-3``... if taken) exclusively and return it:
+    two runs started in the same second never share a folder."""
+    os.makedirs(parent, exist_ok=True)
+    for n in range(1, 10000):
+        path = os.path.join(parent, stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise RunError(f"no free run folder name {stamp}-N under {parent}: give --out")
+
+
+def _check_out_folder(out: str, overwrite: bool) -> None:
+    """RunError unless ``out`` can receive a new run: absent, empty, or with --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out} is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        found = sorted(os.listdir(out))
+        listing = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        raise RunError(f"--out {out} is not empty ({listing}): give --resume {out} to continue the run there, "
+                       f"--overwrite to replace it, or another folder")
+
+
+def _clear_run_folder(out: str) -> None:
+    """--overwrite: remove an earlier run's outputs from ``out`` (other files stay), so that its
+    checkpoint, metrics and TensorBoard events are not mixed with the new run's."""
+    for name in _RUN_OUTPUTS:
+        if os.path.isfile(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+    tb = os.path.join(out, "tb")
+    if os.path.isdir(tb):
+        for name in os.listdir(tb):
+            if name.startswith("events.out.tfevents."):
+                os.remove(os.path.join(tb, name))
+
+
+def _resume_settings(args, saved: dict, iteration: int, given: set[str] | None) -> list[str]:
+    """Take the run's settings from its checkpoint's ``saved`` args into ``args``: RunError listing
+    the flags given in ``given`` that would change the run; the mutable ones given there are kept.
+    Returns a description of each setting that changed (for the log)."""
+    preset = PRESETS.get(saved.get("preset"), {})
+    parser = build_parser()
+
+    def plain(v):  # tuples and lists, as saved in JSON-like form, compare equal
+        return json.loads(json.dumps(v, default=str))
+
+    def saved_value(key):  # a setting the run's code did not have yet ran at its default
+        if key in saved:
+            return saved[key]
+        default = parser.get_default(key)
+        return preset.get(key) if default == argparse.SUPPRESS else default
+
+    explicit = set(_RESUME_MUTABLE) if given is None else given
+    changing = [f"{_flag(k)} {getattr(args, k)} (the run's: {saved_value(k)})" for k in sorted(explicit)
+                if k not in _RESUME_MUTABLE and k not in _RESUME_FRESH and plain(getattr(args, k)) != plain(saved_value(k))]
+    if changing:
+        raise RunError(f"--resume continues a run with its own settings; these flags would change it: "
+                       f"{', '.join(changing)}. Leave them out, or start a new run with --out")
+    changed = []
+    for key, value in saved.items():
+        if key in _RESUME_FRESH:
+            continue
+        if key in _RESUME_MUTABLE and key in explicit:
+            if plain(getattr(args, key)) != plain(value):
+                changed.append(f"{_flag(key)} {getattr(args, key)} (was {value})")
+            continue
+        setattr(args, key, tuple(value) if isinstance(value, list) else value)
+    if args.iters < iteration:
+        raise RunError(f"--iters {args.iters} is below the checkpoint's iteration {iteration}")
+    return changed
+
+
+def _error_text(e: BaseException) -> str:
+    """The message of ``e`` in one line; for an error raised in a DataLoader worker, which arrives
+    with the worker's traceback in its message, the worker's own message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(f"{type(e).__name__}: ", 1)[-1]
+    return " ".join(text.split())
 
 
 def _unwrap(model: nn.Module) -> DeepLabV3PlusHANet:
@@ -438,7 +595,15 @@ def save_figures(model: nn.Module, dataset, device, args, out: str, writer, step
 
 
 # --------------------------------------------------------------------------- training
-def train(args) -> dict:
+def train(args, given: set[str] | None = None) -> dict:
+    """Run the training that ``args`` (from :func:`resolve_args`) describes; returns the final
+    metrics (empty when stopped early). ``given``: the settings given on the command line (see
+    :func:`given_settings`), which --resume checks against the checkpoint's; None: only the
+    resume-mutable ones count as given.
+
+    Raises:
+        RunError: a bad setting, run folder or checkpoint, or a failed checkpoint write.
+    """
     rank, world, local_rank = _dist_info()
     device = _device(args, local_rank)
     if world > 1 and not dist.is_initialized():
@@ -446,37 +611,47 @@ def train(args) -> dict:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True)
     main = rank == 0
 
     resume_state = None
+    seconds_before = 0.0  # training time of the run before this resume
     if args.resume:
-        resume_state = ckpt_io.load(args.resume)
-        saved = resume_state["args"]
-        for key, value in saved.items():
-            if key not in _RUNTIME_KEYS:
-                setattr(args, key, tuple(value) if isinstance(value, list) else value)
+        try:
+            resume_state = ckpt_io.load_training(args.resume)
+        except ckpt_io.CheckpointError as e:
+            raise RunError(f"--resume: {e}") from None
+        changed = _resume_settings(args, resume_state["args"], int(resume_state["iteration"]), given)
+        seconds_before = float(resume_state.get("train_seconds", 0.0))
+        run_dir = os.path.dirname(os.path.abspath(args.resume)) if os.path.isfile(args.resume) else args.resume
         if args.out is None:
-            args.out = os.path.dirname(os.path.abspath(args.resume)) if os.path.isfile(args.resume) else args.resume
-    if args.out is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        if world > 1:  # every rank must agree on the folder
-            holder = [stamp]
-            dist.broadcast_object_list(holder, src=0)
-            stamp = holder[0]
-        args.out = os.path.join("runs", stamp)
-    out = args.out
-    if main:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=1, default=str)
+            args.out = run_dir
+        elif os.path.realpath(args.out) != os.path.realpath(run_dir):
+            _check_out_folder(args.out, args.overwrite)
+        if main:
+            print(f"hanet_fast.train: resuming {args.resume} at iteration {resume_state['iteration']}"
+                  + (f" with {', '.join(changed)}" if changed else ""), flush=True)
+    elif args.out is not None:
+        _check_out_folder(args.out, args.overwrite)
+    # The thread count changes CPU reductions in the last bits: a resume keeps the run's.
+    saved_threads = resume_state.get("threads") if resume_state is not None else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif saved_threads and given is not None and "threads" not in given:
+        torch.set_num_threads(int(saved_threads))
+    if saved_threads and torch.get_num_threads() != saved_threads and main:
+        warnings.warn(f"hanet_fast.train: resuming with {torch.get_num_threads()} threads where the run used "
+                      f"{saved_threads}: CPU results may differ in the last bits from an uninterrupted run")
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if world > 1:  # every rank has checked the run folder before rank 0 writes into it
+        dist.barrier()
 
     torch.manual_seed(args.seed)
     train_set, val_set = build_datasets(args)
-    model = build_model(args).to(device)
+    try:
+        model = build_model(args).to(device)
+    except (ValueError, FileNotFoundError) as e:  # an unknown backbone, a missing weights file
+        raise RunError(str(e)) from None
     if world > 1:  # same initial weights everywhere, then a different dropout / jitter stream per rank
         torch.manual_seed(args.seed + 1000003 * rank)
     if args.channels_last:
@@ -515,12 +690,34 @@ def train(args) -> dict:
             holder = [centroids]
             dist.broadcast_object_list(holder, src=0)
             centroids = holder[0]
+
+    # Only now, with the settings, checkpoint and data checked, is anything written.
+    if main:
+        try:
+            if args.out is None:
+                args.out = create_run_folder(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            else:
+                os.makedirs(args.out, exist_ok=True)
+                if args.overwrite and not (resume_state is not None and os.path.samefile(args.out, run_dir)):
+                    _clear_run_folder(args.out)
+            for tmp in ckpt_io.remove_stale_temporaries(os.path.join(args.out, "checkpoint.pt")):
+                print(f"hanet_fast.train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
+            with open(os.path.join(args.out, "args.json"), "w") as f:
+                json.dump(vars(args), f, indent=1, default=str)
+        except OSError as e:
+            raise RunError(f"cannot write the run folder {args.out or 'runs'}: {e.strerror or e}") from None
+    if world > 1:  # every rank must agree on the folder
+        holder = [args.out]
+        dist.broadcast_object_list(holder, src=0)
+        args.out = holder[0]
+    out = args.out
     sampler = TrainSampler(len(train_set), args.batch_size, args.iters, args.seed, start, rank, world, centroids,
                            args.class_uniform_pct)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", generator=torch.Generator(),
                                          persistent_workers=False)
-    writer = _writer(out) if main else _NullWriter()
+    # Events the interrupted run logged after its checkpoint are hidden; they are logged again.
+    writer = _writer(out, start + 1 if resume_state is not None else None) if main else _NullWriter()
     stop = min(args.iters, args.stop_after) if args.stop_after else args.iters
 
     def save(iteration: int) -> None:
@@ -530,12 +727,16 @@ def train(args) -> dict:
             dist.all_gather_object(states, _rng_state())
         if not main:
             return
-        ckpt_io.save_atomic({
-            "iteration": iteration, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "rng": states[0], "rng_per_rank": states, "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
-            "model_config": json.loads(json.dumps(dataclasses.asdict(net.config))),
-        }, os.path.join(out, "checkpoint.pt"))
+        try:
+            ckpt_io.save_atomic({
+                "iteration": iteration, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": states[0], "rng_per_rank": states, "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+                "model_config": json.loads(json.dumps(dataclasses.asdict(net.config))),
+                "threads": torch.get_num_threads(), "train_seconds": seconds_before + time.time() - t0,
+            }, os.path.join(out, "checkpoint.pt"))
+        except ckpt_io.CheckpointError as e:
+            raise RunError(str(e), status=1) from None
 
     progress = None
     if main and not args.no_progress:
@@ -596,7 +797,7 @@ def train(args) -> dict:
                 (progress.write(msg) if progress is not None else print(msg, flush=True))
     if progress is not None:
         progress.close()
-    train_time = time.time() - t0
+    train_time = seconds_before + time.time() - t0
     save(it)
     if it >= args.iters:
         ious, miou, acc = evaluate(model, val_set, device, args, rank, world)
@@ -628,7 +829,9 @@ def train(args) -> dict:
 def main(argv=None) -> int:
     args = resolve_args(argv)
     try:
-        train(args)
+        train(args, given_settings(argv))
+    except (RunError, DatasetError) as e:
+        build_parser().exit(getattr(e, "status", 2), f"python -m hanet_fast.train: error: {_error_text(e)}\n")
     finally:
         if dist.is_initialized():
             dist.barrier()

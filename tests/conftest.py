@@ -24,3 +24,12 @@ def quiet_fallback_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="hanet_fast: no fused backend")
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_tmp(tmp_path_factory):
+    """Points the class-centroid cache (``$HANET_FAST_CACHE``, default ``~/.cache/hanet_fast``) into
+    a temporary folder for the whole session, subprocesses included: tests write nowhere else."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HANET_FAST_CACHE", str(tmp_path_factory.mktemp("hanet_fast_cache")))
+        yield

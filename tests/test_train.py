@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -16,9 +17,9 @@ from hanet_fast.training.losses import downsample_labels, segmentation_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Tiny settings: 32x64 crops of 48x96 scenes, 2 threads.
+# Tiny settings: 32x64 crops of 48x96 scenes, one thread.
 TINY = ["--synthetic-size", "48,96", "--crop-size", "32,64", "--synthetic-train", "16", "--synthetic-val", "2",
-        "--batch-size", "2", "--hanet-rows", "4", "--val-every", "0", "--num-vis", "1", "--no-progress", "--threads", "2"]
+        "--batch-size", "2", "--hanet-rows", "4", "--val-every", "0", "--num-vis", "1", "--no-progress", "--threads", "1"]
 
 
 def _env():
@@ -79,21 +80,124 @@ def _weights(path):
     return torch.load(os.path.join(path, "checkpoint.pt"), map_location="cpu", weights_only=True)
 
 
-def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
-    common = TINY + ["--iters", "4", "--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--ckpt-every", "0"]
-    main(common + ["--out", str(tmp_path / "full")])
-    main(common + ["--out", str(tmp_path / "part"), "--stop-after", "2"])
-    part = _weights(tmp_path / "part")
-    assert part["iteration"] == 2
-    main(["--resume", str(tmp_path / "part" / "checkpoint.pt"), "--no-progress", "--workers", "1"])
-    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "part")
-    assert resumed["iteration"] == full["iteration"] == 4
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """An uninterrupted 4-iteration run (checkpoint every iteration, validation at 2): the
+    reference of the resume tests."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    main(FULL + ["--out", str(out)])
+    return out
+
+
+# The settings of full_run, but for --out.
+FULL = TINY + ["--iters", "4", "--workers", "0", "--ckpt-every", "1", "--val-every", "2", "--log-every", "1"]
+
+
+def _assert_same_run(full, resumed):
     for k, v in full["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
     for (k, a), b in zip(full["optimizer"]["state"].items(), resumed["optimizer"]["state"].values()):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"]), k
     assert full["scheduler"] == resumed["scheduler"]
-    assert json.load(open(tmp_path / "full" / "metrics.json"))["mIoU"] == json.load(open(tmp_path / "part" / "metrics.json"))["mIoU"]
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, full_run, monkeypatch):
+    common = FULL + ["--cache-dir", str(tmp_path / "cache")]
+    main(common + ["--out", str(tmp_path / "part"), "--stop-after", "2"])
+    part = _weights(tmp_path / "part")
+    assert part["iteration"] == 2 and part["threads"] == 1 and 0 < part["train_seconds"] < 1000
+    # As if the first session had trained for 1000 s: the resumed run's total counts them.
+    torch.save(dict(part, train_seconds=1000.0), tmp_path / "part" / "checkpoint.pt")
+    # The resume takes the run's cache folder (and every other setting) from the checkpoint.
+    monkeypatch.setenv("HANET_FAST_CACHE", str(tmp_path / "default_cache"))
+    torch.set_num_threads(2)  # restored to the run's one thread
+    t0 = time.time()
+    main(["--resume", str(tmp_path / "part" / "checkpoint.pt"), "--no-progress", "--workers", "1"])
+    session = time.time() - t0
+    assert torch.get_num_threads() == 1
+    assert not (tmp_path / "default_cache").exists()
+    full, resumed = _weights(full_run), _weights(tmp_path / "part")
+    _assert_same_run(full, resumed)
+    metrics = json.load(open(tmp_path / "part" / "metrics.json"))
+    assert 1000 < metrics["train_seconds"] < 1000 + session  # the total over both sessions
+    assert 1000 < resumed["train_seconds"] < 1000 + session
+    assert resumed["iteration"] == full["iteration"] == 4
+    assert json.load(open(full_run / "metrics.json"))["mIoU"] == metrics["mIoU"]
+
+
+# Runs hanet_fast.train with a SIGKILL at the N-th checkpoint write (half of the file written) or
+# at the start of the N-th validation; TensorBoard events are flushed as they are logged, as they
+# would be on disk after the writer's periodic flushes in a long run.
+_KILLER = """
+import io, os, signal, sys
+import torch
+import hanet_fast.train as T
+what, n = sys.argv[1], int(sys.argv[2])
+calls = [0]
+def kill_at_n():
+    calls[0] += 1
+    return calls[0] == n
+if what == "save":
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if kill_at_n():
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+else:
+    real_validate = T.accumulate_confusion
+    def validate(*args, **kwargs):
+        if kill_at_n():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_validate(*args, **kwargs)
+    T.accumulate_confusion = validate
+real_writer = T._writer
+def writer(*args, **kwargs):
+    w = real_writer(*args, **kwargs)
+    add = w.add_scalar
+    def add_scalar(*a, **k):
+        add(*a, **k)
+        w.flush()
+    w.add_scalar = add_scalar
+    return w
+T._writer = writer
+T.main(sys.argv[3:])
+"""
+
+
+def _killed(what, n, argv):
+    res = subprocess.run([sys.executable, "-c", _KILLER, what, str(n), *argv], capture_output=True, text=True,
+                         cwd=ROOT, env=_env(), timeout=300)
+    assert res.returncode == -9, res.stdout[-2000:] + res.stderr[-2000:]
+
+
+def test_sigkill_during_validation_and_checkpoint_write_then_resume_is_exact(tmp_path, full_run):
+    run = tmp_path / "run"
+    # Killed in the validation at iteration 2 (its checkpoint at 2 is written).
+    _killed("validate", 1, FULL + ["--out", str(run), "--cache-dir", str(tmp_path / "cache")])
+    assert _weights(run)["iteration"] == 2
+    # Resumed, then killed writing the checkpoint of iteration 4 (the one of 3 is written).
+    _killed("save", 2, ["--resume", str(run)])
+    assert _weights(run)["iteration"] == 3
+    stale = [f for f in os.listdir(run) if f.startswith(".checkpoint.pt.tmp")]
+    assert stale, os.listdir(run)
+    main(["--resume", str(run)])
+    assert not [f for f in os.listdir(run) if f.startswith(".checkpoint.pt.tmp")]
+    full, resumed = _weights(full_run), _weights(run)
+    assert resumed["iteration"] == 4
+    _assert_same_run(full, resumed)
+    assert json.load(open(full_run / "metrics.json"))["mIoU"] == json.load(open(run / "metrics.json"))["mIoU"]
+    if importlib.util.find_spec("tensorboard"):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        events = EventAccumulator(str(run / "tb"))
+        events.Reload()
+        # The interrupted sessions' events after their checkpoints are purged, not repeated.
+        assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+        assert [e.step for e in events.Scalars("val/mIoU")] == [4]
 
 
 def test_cli_smoke_run(tmp_path):

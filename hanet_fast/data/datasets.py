@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hanet_fast.data.labels import IGNORE_INDEX, label_to_train_lut
+from hanet_fast.data.labels import IGNORE_INDEX, NUM_CLASSES, label_to_train_lut
 from hanet_fast.data.synthetic import SPLIT_IDS, generate_scene
 from hanet_fast.data.transforms import EvalTransform, full_row_pos
 
@@ -270,6 +270,28 @@ class BDD100K(_FilePairs):
             pairs.append((path, label))
         super().__init__(pairs, transform)
         self.root, self.split = root, split
+
+    def load(self, index: int) -> dict:
+        sample = super().load(index)
+        _check_train_ids(sample["mask"], self.pairs[index][1])
+        return sample
+
+    def load_mask(self, index: int) -> np.ndarray:
+        mask = super().load_mask(index)
+        _check_train_ids(mask, self.pairs[index][1])
+        return mask
+
+
+def _check_train_ids(mask: np.ndarray, path: str) -> None:
+    """DatasetError naming ``path`` if the label map holds values other than the trainIds and the
+    ignore index: they would crash the loss or the confusion matrix far from the file's name."""
+    if mask.max(initial=0) < NUM_CLASSES:
+        return
+    bad = np.unique(mask[(mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise DatasetError(f"hanet_fast.data: label {path} holds values {shown}, outside the trainIds 0..{NUM_CLASSES - 1} "
+                           f"and the ignore index {IGNORE_INDEX} (BDD100K's labels/sem_seg/masks hold trainIds)")
 
 
 class ImageFolder(_FilePairs):
