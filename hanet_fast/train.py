@@ -358,6 +358,10 @@ def _check_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--class-uniform-pct must be in [0, 1], got {args.class_uniform_pct}")
     if not 0 < args.scale_min <= args.scale_max < math.inf:
         parser.error(f"--scale-min and --scale-max must satisfy 0 < min <= max, got {args.scale_min} and {args.scale_max}")
+    try:  # the transform owns the valid ranges of its settings
+        TrainTransform(args.crop_size, (args.scale_min, args.scale_max), 0.5, args.color_jitter, args.blur)
+    except ValueError as e:
+        parser.error(f"--color-jitter / --blur: {e}")
     if args.dataset == "synthetic" and min(args.synthetic_train, args.synthetic_val) < 1:
         parser.error("--synthetic-train and --synthetic-val must be positive")
     try:
