@@ -67,7 +67,8 @@ _SYNTHETIC_DEFAULTS = {"synthetic_size": (128, 256), "synthetic_val": 100, "data
 def accumulate_confusion(model, loader, device: torch.device, *, regions: int = 1, scales: Sequence[float] = (1.0,),
                          flip: bool = False, window: tuple[int, int] | None = None, overlap: float = 1 / 3,
                          amp: str = "off", channels_last: bool = False, protocol: str = "ours",
-                         crop_size: int = OFFICIAL_CROP_SIZE, on_batch: Callable[[dict, torch.Tensor], None] | None = None, progress=None) -> torch.Tensor:
+                         crop_size: int = OFFICIAL_CROP_SIZE,
+                         on_batch: Callable[[dict, torch.Tensor], None] | None = None, progress=None) -> torch.Tensor:
     """Run ``model`` over ``loader`` and count ``[regions, C, C]`` confusion matrices (see
     :func:`hanet_fast.training.metrics.region_confusion`).
 
@@ -182,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("test-time augmentation (paper Table 4)")
     g.add_argument("--protocol", choices=list(PROTOCOLS), default="ours",
                    help="ours (default): our test-time augmentation (--scales, --flip, --sliding); official-sliding, "
-                        "official-pooling: the official eval.py's protocols (--scales, --crop-size, --overlap, flipping "
-                        "unless --no-flip); see docs/fidelity/evaluation.md")
+                        "official-pooling: the official eval.py's protocols (--scales, --crop-size, --overlap, "
+                        "flipping unless --no-flip); see docs/fidelity/evaluation.md")
     g.add_argument("--scales", type=scales_arg, default=None,
-                   help="comma-separated image scales, e.g. 0.5,1.0,2.0 (default: 1.0; official protocols: 0.5,1.0,2.0)")
+                   help="comma-separated image scales, e.g. 0.5,1.0,2.0 "
+                        "(default: 1.0; official protocols: 0.5,1.0,2.0)")
     flips = g.add_mutually_exclusive_group()
     flips.add_argument("--flip", action="store_const", const=True, dest="flip", default=None,
                        help="also segment the horizontally flipped images (default: off; official protocols: on)")
@@ -358,7 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sliding = "off (whole images)"
         iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
         print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
-        print(f"{args.dataset} {args.split}, {n} images; protocol {args.protocol}, scales {','.join(f'{s:g}' for s in args.scales)}, "
+        protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
+        print(f"{args.dataset} {args.split}, {n} images; {protocol}"
+              f"scales {','.join(f'{s:g}' for s in args.scales)}, "
               f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
         print(format_table(ious, miou, acc))
         if args.regions > 1:
@@ -370,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
             "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
             "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
-            "amp": args.amp, "protocol": args.protocol,
-            "crop_size": args.crop_size if args.protocol == "official-sliding" else None, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
+            "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
+            "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
             "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
             "regions": [
                 {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
