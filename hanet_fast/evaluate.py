@@ -51,8 +51,8 @@ from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, EvalTransform, Syn
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
 from hanet_fast.inference import AMP_MODES, load_model, predict
-from hanet_fast.official_eval import (OFFICIAL_CROP_SIZE, OFFICIAL_PROTOCOLS, OFFICIAL_SCALES, PROTOCOLS, coarse_rows,
-                                      official_scores)
+from hanet_fast.official_eval import (OFFICIAL_CROP_SIZE, OFFICIAL_PROTOCOLS, OFFICIAL_SCALES, PROTOCOLS,
+                                      ProtocolError, coarse_rows, official_scores)
 from hanet_fast.training.metrics import (format_region_table, format_table, iou_from_confusion, region_confusion,
                                          region_names)
 
@@ -343,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         flip=args.flip, window=args.sliding, overlap=args.overlap, amp=args.amp,
                                         protocol=args.protocol, crop_size=args.crop_size, on_batch=writer,
                                         progress=progress)
+        except ProtocolError as e:
+            parser.error(f"--protocol {args.protocol}: {e}")
         finally:
             if progress is not None:
                 progress.close()

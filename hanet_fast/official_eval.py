@@ -47,7 +47,7 @@ from hanet_fast.data.transforms import normalize_image, resize_image
 from hanet_fast.inference import AMP_MODES, _logits
 from hanet_fast.nn.positional import PositionalEncoding1d
 
-__all__ = ["PROTOCOLS", "OFFICIAL_PROTOCOLS", "OFFICIAL_SCALES", "OFFICIAL_CROP_SIZE", "OFFICIAL_OVERLAP",
+__all__ = ["ProtocolError", "PROTOCOLS", "OFFICIAL_PROTOCOLS", "OFFICIAL_SCALES", "OFFICIAL_CROP_SIZE", "OFFICIAL_OVERLAP",
            "scaled_size", "window_size", "window_stride", "sliding_windows", "count_array", "window_row_pos",
            "coarse_rows", "sliding_scores", "pooling_scores", "official_scores"]
 
@@ -62,12 +62,17 @@ OFFICIAL_OVERLAP = 1 / 3
 Window = tuple[int, int, int, int]
 
 
+class ProtocolError(ValueError):
+    """An image, setting or network that eval.py's protocol cannot evaluate (the CLI reports it
+    as a usage error)."""
+
+
 # --------------------------------------------------------------------------- geometry
 def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """``(int(height * scale), int(width * scale))``, eval.py's truncated scaled size."""
     h, w = int(height * scale), int(width * scale)
     if h < 1 or w < 1:
-        raise ValueError(f"hanet_fast.official_eval: scale {scale:g} turns a {height}x{width} image into {h}x{w} "
+        raise ProtocolError(f"hanet_fast.official_eval: scale {scale:g} turns a {height}x{width} image into {h}x{w} "
                          "pixels; use larger scales")
     return h, w
 
@@ -167,7 +172,7 @@ def coarse_rows(model: torch.nn.Module) -> int | None:
     """
     found = {m.rows for m in model.modules() if isinstance(m, PositionalEncoding1d)}
     if len(found) > 1:
-        raise ValueError(f"hanet_fast.official_eval: the network's HANet layers use different coarse rows "
+        raise ProtocolError(f"hanet_fast.official_eval: the network's HANet layers use different coarse rows "
                          f"{sorted(found)}; the official protocols need one number (eval.py's pos_rfactor)")
     return found.pop() if found else None
 
@@ -226,9 +231,10 @@ def sliding_scores(model, image, *, crop_size: int = OFFICIAL_CROP_SIZE, scales:
         rows: the network's coarse rows for :func:`window_row_pos` (None: every row its own).
 
     Raises:
-        ValueError: bad settings, or an image for which eval.py's count array holds zeros (rows of
-            the scaled image at or beyond its width, i.e. taller than wide, or fewer rows than
-            classes), where eval.py divides by zero.
+        ValueError: bad arguments.
+        ProtocolError: a scale that leaves no pixel, or an image for which eval.py's count array
+            holds zeros (rows of the scaled image at or beyond its width, i.e. taller than wide,
+            or fewer rows than classes), where eval.py divides by zero.
     """
     scales = _check_settings(scales, overlap, crop_size, amp)
     image = _check_image(image)
@@ -254,7 +260,7 @@ def sliding_scores(model, image, *, crop_size: int = OFFICIAL_CROP_SIZE, scales:
                     summed = torch.zeros(logits.shape[1], h, w, dtype=torch.float64, device=device)
                     count = count_array(logits.shape[1], h, windows).to(device)
                     if bool((count == 0).any()):
-                        raise ValueError(
+                        raise ProtocolError(
                             f"hanet_fast.official_eval: official-sliding is undefined for a {h}x{w} scaled image: "
                             f"eval.py's count array is zero for rows >= the width or classes >= the height, and "
                             f"it divides by it; use --protocol official-pooling or ours")

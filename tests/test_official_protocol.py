@@ -14,11 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hanet_fast.data import NUM_CLASSES, SyntheticUrbanScenes
+from hanet_fast.data.transforms import EvalTransform
 from hanet_fast.evaluate import main
+from hanet_fast.inference import load_model
 from hanet_fast.models import HANetConfig, deeplabv3plus
 from hanet_fast.nn.positional import ROW_POS_TOLERANCE
-from hanet_fast.official_eval import (coarse_rows, count_array, official_scores, pooling_scores, sliding_scores,
-                                      sliding_windows, window_row_pos, window_size, window_stride)
+from hanet_fast.official_eval import (ProtocolError, coarse_rows, count_array, official_scores, pooling_scores,
+                                      sliding_scores, sliding_windows, window_row_pos, window_size, window_stride)
+from hanet_fast.training.metrics import confusion
 from tiny_model import save_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,7 +151,7 @@ def test_averaging_over_flips_then_scales():
 
 def test_sliding_refuses_images_where_eval_py_divides_by_zero():
     # A portrait image: rows >= its width are never counted.
-    with pytest.raises(ValueError, match="count array is zero"):
+    with pytest.raises(ProtocolError, match="count array is zero"):
         sliding_scores(_class_constant([0.0, 1.0]), _image(12, 8), crop_size=4, scales=(1.0,), flip=False)
 
 
@@ -296,16 +300,11 @@ def test_cli_runs_the_official_protocols(tmp_path, capsys, protocol, extra):
     res = json.load(open(out))
     assert res["protocol"] == protocol and res["scales"] == [0.5, 1.0, 2.0] and res["flip"] is True
     assert res["crop_size"] == (32 if protocol == "official-sliding" else None)
-    # The CLI's counts are those of the protocol's argmax on each scene.
-    from hanet_fast.data import NUM_CLASSES, SyntheticUrbanScenes
-    from hanet_fast.data.transforms import EvalTransform
-    from hanet_fast.inference import load_model
-    from hanet_fast.training.metrics import confusion
+    # The CLI's counts are those of the protocol's argmax on the scene.
     model, _ = load_model(ck)
-    data = SyntheticUrbanScenes("val", 1, (40, 64), 0, EvalTransform(tensor=False))
-    conf = sum(confusion(official_scores(model, data[i]["image"], protocol, crop_size=32).argmax(0),
-                         torch.from_numpy(data[i]["mask"]).long(), NUM_CLASSES) for i in range(1))
-    assert conf.tolist() == res["confusion"]
+    scene = SyntheticUrbanScenes("val", 1, (40, 64), 0, EvalTransform(tensor=False))[0]
+    pred = official_scores(model, scene["image"], protocol, crop_size=32).argmax(0)
+    assert confusion(pred, torch.from_numpy(scene["mask"]).long(), NUM_CLASSES).tolist() == res["confusion"]
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -315,6 +314,7 @@ def test_cli_runs_the_official_protocols(tmp_path, capsys, protocol, extra):
     (["--protocol", "official-sliding", "--crop-size", "0"], "--crop-size"),
     (["--protocol", "official-sliding", "--flip", "--no-flip"], "--no-flip"),
     (["--protocol", "eval.py"], "--protocol"),
+    (["--protocol", "official-pooling", "--scales", "0.001"], "scale 0.001"),
 ])
 def test_cli_rejects_bad_protocol_arguments(tmp_path, capsys, extra, match):
     ck = save_tiny_checkpoint(tmp_path / "ck.pt")
