@@ -73,7 +73,7 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     h, w = int(height * scale), int(width * scale)
     if h < 1 or w < 1:
         raise ProtocolError(f"hanet_fast.official_eval: scale {scale:g} turns a {height}x{width} image into {h}x{w} "
-                         "pixels; use larger scales")
+                            "pixels; use larger scales")
     return h, w
 
 
@@ -157,6 +157,8 @@ def window_row_pos(y1: int, y2: int, height: int, full_height: int, rows: int | 
     rows = n if rows is None else rows
     source = torch.arange(start, stop, dtype=torch.float32)
     if source.numel() == 0:
+        # A window thinner than one original row (crop size below the scale): eval.py's slice is
+        # empty and it fails; the window's rows all lie in original row ``start``.
         source = torch.tensor([float(start)])
     # eval.py's own nearest resize of the position slice (torch's rule: floor(j * len / rows)).
     picked = F.interpolate(source.view(1, 1, -1), size=rows, mode="nearest").view(-1).double()
@@ -173,7 +175,7 @@ def coarse_rows(model: torch.nn.Module) -> int | None:
     found = {m.rows for m in model.modules() if isinstance(m, PositionalEncoding1d)}
     if len(found) > 1:
         raise ProtocolError(f"hanet_fast.official_eval: the network's HANet layers use different coarse rows "
-                         f"{sorted(found)}; the official protocols need one number (eval.py's pos_rfactor)")
+                            f"{sorted(found)}; the official protocols need one number (eval.py's pos_rfactor)")
     return found.pop() if found else None
 
 
