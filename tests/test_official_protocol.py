@@ -116,6 +116,12 @@ def test_count_array_by_hand():
     m = [1, 1, 1, 2, 2, 2, 2, 1]
     count = count_array(6, 8, sliding_windows(8, 8, 4, 1.0, 1 / 3))
     assert count.tolist() == [[m[c] * m[r] for r in range(8)] for c in range(6)]
+    # Cityscapes at scale 1 (docs/fidelity/evaluation.md): 1 for rows 0-682, 2 for rows 683-1023,
+    # every class alike, although columns 683-1706 are the ones covered twice.
+    count = count_array(19, 1024, sliding_windows(1024, 2048, 1024, 1.0, 1 / 3))
+    assert torch.equal(count, torch.cat([torch.ones(19, 683), torch.full((19, 341), 2.0)], 1).double())
+    count = count_array(19, 2048, sliding_windows(2048, 4096, 1024, 2.0, 1 / 3))
+    assert torch.equal(count, torch.cat([torch.ones(19, 1366), torch.full((19, 682), 2.0)], 1).double())
 
 
 def test_sliding_divides_summed_logits_by_eval_py_count():
