@@ -20,6 +20,12 @@ what cityscapesscripts' ``evalPixelLevelSemanticLabeling`` and the benchmark ser
 image's name otherwise), and ``--official`` runs cityscapesscripts on those files and checks that
 its per-class IoUs and mIoU equal ours.
 
+Protocols: ``--protocol ours`` (the default) is :func:`hanet_fast.inference.predict`'s test-time
+augmentation with ``--scales``, ``--flip``, ``--sliding``; ``--protocol official-sliding`` and
+``official-pooling`` reproduce the official HANet ``eval.py`` (see
+:mod:`hanet_fast.official_eval`), with ``--crop-size``, ``--scales`` (default 0.5,1.0,2.0),
+``--overlap`` and flipping on unless ``--no-flip``.
+
 Regions: ``--regions R`` cuts every image into ``R`` horizontal bands of equal height (4 as in
 Table 5: upper, mid-upper, mid-lower, lower) and reports each band's mIoU over the pixels in it.
 """
@@ -46,6 +52,8 @@ from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, DatasetError, Eval
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
 from hanet_fast.inference import AMP_MODES, load_model, predict
+from hanet_fast.official_eval import (OFFICIAL_CROP_SIZE, OFFICIAL_PROTOCOLS, OFFICIAL_SCALES, PROTOCOLS,
+                                      ProtocolError, coarse_rows, official_scores)
 from hanet_fast.training.metrics import (format_region_table, format_table, iou_from_confusion, region_confusion,
                                          region_names)
 
@@ -59,27 +67,38 @@ _SYNTHETIC_DEFAULTS = {"synthetic_size": (128, 256), "synthetic_val": 100, "data
 @torch.no_grad()
 def accumulate_confusion(model, loader, device: torch.device, *, regions: int = 1, scales: Sequence[float] = (1.0,),
                          flip: bool = False, window: tuple[int, int] | None = None, overlap: float = 1 / 3,
-                         amp: str = "off", channels_last: bool = False,
+                         amp: str = "off", channels_last: bool = False, protocol: str = "ours",
+                         crop_size: int = OFFICIAL_CROP_SIZE,
                          on_batch: Callable[[dict, torch.Tensor], None] | None = None, progress=None) -> torch.Tensor:
     """Run ``model`` over ``loader`` and count ``[regions, C, C]`` confusion matrices (see
     :func:`hanet_fast.training.metrics.region_confusion`).
 
     Args:
         model: the network, in eval mode, on ``device``.
-        loader: yields batches ``{"image": [B, 3, H, W], "mask": [B, H, W], "row_pos": [B, H], ...}``.
+        loader: yields batches ``{"image": [B, 3, H, W], "mask": [B, H, W], "row_pos": [B, H], ...}``
+            (official protocols: ``"image"`` uint8 ``[B, H, W, 3]`` full images).
         regions: number of horizontal bands.
         scales, flip, window, overlap, amp: test-time augmentation, see :func:`hanet_fast.inference.predict`.
+        protocol: ``"ours"`` (:func:`~hanet_fast.inference.predict`) or one of
+            :data:`~hanet_fast.official_eval.OFFICIAL_PROTOCOLS` (with ``scales``, ``flip``,
+            ``overlap``, ``crop_size``; ``window`` unused).
         channels_last: feed the images in channels_last memory format.
         on_batch: called with each batch and its ``[B, H, W]`` predicted trainIds (on the CPU).
         progress: a tqdm bar to advance by each batch's size, or None.
     """
     conf = None
+    rows = coarse_rows(model) if protocol in OFFICIAL_PROTOCOLS else None
     for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        probs = predict(model, images, batch["row_pos"].to(device), scales=scales, flip=flip, window=window,
-                        overlap=overlap, amp=amp)
+        if protocol in OFFICIAL_PROTOCOLS:
+            images = batch["image"]
+            probs = torch.stack([official_scores(model, image, protocol, crop_size=crop_size, scales=scales,
+                                                 overlap=overlap, flip=flip, amp=amp, rows=rows) for image in images])
+        else:
+            images = batch["image"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            probs = predict(model, images, batch["row_pos"].to(device), scales=scales, flip=flip, window=window,
+                            overlap=overlap, amp=amp)
         pred = probs.argmax(1)
         part = region_confusion(pred, batch["mask"].to(device), probs.shape[1], regions)
         conf = part if conf is None else conf + part
@@ -163,9 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data loader worker processes (default: 1; 0: load in the main process)")
 
     g = p.add_argument_group("test-time augmentation (paper Table 4)")
-    g.add_argument("--scales", type=scales_arg, default=(1.0,),
-                   help="comma-separated image scales, e.g. 0.5,1.0,2.0 (default: 1.0)")
-    g.add_argument("--flip", action="store_true", help="also segment the horizontally flipped images")
+    g.add_argument("--protocol", choices=list(PROTOCOLS), default="ours",
+                   help="ours (default): our test-time augmentation (--scales, --flip, --sliding); official-sliding, "
+                        "official-pooling: the official eval.py's protocols (--scales, --crop-size, --overlap, "
+                        "flipping unless --no-flip); see docs/fidelity/evaluation.md")
+    g.add_argument("--scales", type=scales_arg, default=None,
+                   help="comma-separated image scales, e.g. 0.5,1.0,2.0 "
+                        "(default: 1.0; official protocols: 0.5,1.0,2.0)")
+    flips = g.add_mutually_exclusive_group()
+    flips.add_argument("--flip", action="store_const", const=True, dest="flip", default=None,
+                       help="also segment the horizontally flipped images (default: off; official protocols: on)")
+    flips.add_argument("--no-flip", action="store_const", const=False, dest="flip",
+                       help="do not segment the flipped images (official protocols: eval.py's --no_flip)")
+    g.add_argument("--crop-size", type=int, default=None,
+                   help=f"official-sliding: side of eval.py's square window at scales <= 1 (crop size x scale above); "
+                        f"default {OFFICIAL_CROP_SIZE}")
     g.add_argument("--sliding", type=size_arg, default=None, metavar="HxW",
                    help="sliding-window inference with windows of this size over each scaled image")
     g.add_argument("--overlap", type=float, default=1 / 3,
@@ -207,7 +238,8 @@ def _resolve_data(args: argparse.Namespace, info: dict, parser: argparse.Argumen
 
 
 def _build_dataset(args: argparse.Namespace):
-    transform = EvalTransform()
+    # The official protocols resize the uint8 image themselves, as eval.py does.
+    transform = EvalTransform(tensor=args.protocol == "ours")
     if args.dataset == "synthetic":
         return SyntheticUrbanScenes(args.split, args.synthetic_val, args.synthetic_size, args.data_seed, transform)
     if args.dataset == "cityscapes":
@@ -222,6 +254,19 @@ def _nan_to_none(v: float) -> float | None:
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not 0 <= args.overlap < 1:
         parser.error(f"--overlap must be in [0, 1), got {args.overlap}")
+    official = args.protocol in OFFICIAL_PROTOCOLS
+    if official and args.sliding is not None:
+        parser.error(f"--sliding is for --protocol ours; {args.protocol} uses --crop-size")
+    if args.crop_size is not None and args.protocol != "official-sliding":
+        parser.error(f"--crop-size is for --protocol official-sliding, not {args.protocol}"
+                     + (" (use --sliding HxW)" if args.protocol == "ours" else ""))
+    if args.crop_size is not None and args.crop_size < 1:
+        parser.error(f"--crop-size must be positive, got {args.crop_size}")
+    args.crop_size = args.crop_size or OFFICIAL_CROP_SIZE
+    if args.scales is None:
+        args.scales = OFFICIAL_SCALES if official else (1.0,)
+    if args.flip is None:
+        args.flip = official
     if args.regions < 1:
         parser.error(f"--regions must be at least 1, got {args.regions}")
     for flag in ("limit", "batch_size", "workers"):
@@ -337,7 +382,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             conf = accumulate_confusion(model, loader, device, regions=args.regions, scales=args.scales,
                                         flip=args.flip, window=args.sliding, overlap=args.overlap, amp=args.amp,
-                                        on_batch=writer, progress=progress)
+                                        protocol=args.protocol, crop_size=args.crop_size, on_batch=writer,
+                                        progress=progress)
+        except ProtocolError as e:
+            parser.error(f"--protocol {args.protocol}: {e}")
         finally:
             if progress is not None:
                 progress.close()
@@ -349,9 +397,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         per_region = [iou_from_confusion(c) for c in conf]
         cfg = info["config"]
         sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
+        if args.protocol == "official-sliding":
+            sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
+        elif args.protocol == "official-pooling":
+            sliding = "off (whole images)"
         iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
         print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
-        print(f"{args.dataset} {args.split}, {n} images; scales {','.join(f'{s:g}' for s in args.scales)}, "
+        protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
+        print(f"{args.dataset} {args.split}, {n} images; {protocol}"
+              f"scales {','.join(f'{s:g}' for s in args.scales)}, "
               f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
         print(format_table(ious, miou, acc))
         if args.regions > 1:
@@ -363,6 +417,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
             "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
             "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
+            "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
             "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
             "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
             "regions": [

@@ -166,6 +166,23 @@ def test_region_bounds_split_rows_evenly():
     assert region_bounds(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
 
 
+@pytest.mark.parametrize("height,regions,sizes", [(10, 4, [3, 2, 3, 2]), (1024, 3, [342, 341, 341])])
+def test_region_bands_count_the_rows_region_bounds_reports(height, regions, sizes):
+    # Band k holds rows r with floor(r * R / H) = k: it starts at ceil(k * H / R).
+    bounds = region_bounds(height, regions)
+    assert [end - start for start, end in bounds] == sizes
+    assert [start for start, _ in bounds] == [math.ceil(k * height / regions) for k in range(regions)]
+    width = 3
+    target = torch.zeros(1, height, width, dtype=torch.int64)
+    conf = region_confusion(target, target, NUM_CLASSES, regions=regions)
+    assert [int(c.sum()) for c in conf] == [(end - start) * width for start, end in bounds]
+    # Each row lies in the band region_bounds gives it: a class per band, no pixel elsewhere.
+    for k, (start, end) in enumerate(bounds):
+        target[0, start:end] = k
+    conf = region_confusion(target, target, NUM_CLASSES, regions=regions)
+    assert [int(conf[k, k, k]) for k in range(regions)] == [(end - start) * width for start, end in bounds]
+
+
 def test_per_region_miou_on_hand_made_case():
     # 8 rows x 4 columns, four bands of two rows: sky / building / car / road.
     target = torch.tensor([10] * 8 + [2] * 8 + [13] * 8 + [0] * 8).view(1, 8, 4)
