@@ -3,7 +3,8 @@
 ``auto`` picks, for CUDA tensors, ``cuda`` if the extension was built with CUDA, else
 ``triton``, else ``reference``; for CPU tensors, ``cpu`` if the extension was built,
 else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``.
-A backend named explicitly that cannot run raises and says why.
+A backend named explicitly that cannot run raises and says why; :func:`available_backends`
+reports what can run, on this machine or on one device's tensors, with the same reasons.
 
 ``triton`` runs on CUDA tensors, and also on CPU tensors when Triton's interpreter is on
 (``TRITON_INTERPRET=1`` set before triton was imported); ``auto`` never picks it for CPU
