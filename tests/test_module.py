@@ -475,7 +475,7 @@ def test_whole_model_second_order_gradients_match_reference():
 def test_jit_script_is_refused_and_trace_and_export_work():
     """torch.jit.script fails with one clear error (it failed deep inside on a type annotation);
     the supported captures, torch.jit.trace and torch.export, reproduce the module."""
-    m = make_module(in_channels=16, out_channels=6, rows=8, dtype=torch.float32)
+    m = make_module(in_channels=16, out_channels=6, rows=8, dtype=torch.float32).eval()
     x_low, x_high = make_inputs(13, 10, in_channels=16, dtype=torch.float32)
     for target in (m, torch.nn.ModuleDict({"head": m})):
         with pytest.raises(RuntimeError, match=r"HANet does not support torch.jit.script; .*torch.export"):
