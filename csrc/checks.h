@@ -3,8 +3,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
 #include <c10/util/Exception.h>
 
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -78,12 +80,34 @@ inline void check_pool_grad(const at::Tensor& grad_out, int64_t height, int64_t 
                     width);
 }
 
-// The argmax saved by height_pool_max, handed back to its backward.
-inline void check_pool_indices(const at::Tensor& indices, const at::Tensor& grad_out) {
+// The argmax saved by height_pool_max, handed back to its backward, which writes through it:
+// each entry of bin i must be a flat index h * width + w of its (b, c) plane with h among the
+// bin's rows [floor(i * height / R), ceil((i + 1) * height / R)), i.e. lie in
+// [bin_start * width, bin_end * width). Checked with ATen ops, so the same code serves CPU and
+// CUDA tensors (on CUDA it costs one synchronisation before the launch).
+inline void check_pool_indices(const at::Tensor& indices, const at::Tensor& grad_out, int64_t height, int64_t width) {
   TORCH_CHECK_VALUE(indices.sizes() == grad_out.sizes() && indices.scalar_type() == at::kLong,
                     "hanet_fast: indices must be an int64 tensor shaped like grad_out ", shape_str(grad_out),
                     ", got ", indices.scalar_type(), " ", shape_str(indices));
   check_same_device(indices, "indices", grad_out);
+  const int64_t rows = grad_out.size(2);
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  // The bin bounds below multiply (bin + 1) * height and bin_end * width.
+  TORCH_CHECK_VALUE(height <= kMax / (rows + 1) && width <= kMax / (height + 1),
+                    "hanet_fast: height and width are too large for rows = ", rows, ": got ", height, " and ", width);
+  if (indices.numel() == 0) return;
+  const at::Tensor bins = at::arange(rows, indices.options());
+  const at::Tensor lo = bins.mul(height).div(rows, "floor").mul(width);               // bin_start * width
+  const at::Tensor hi = bins.add(1).mul(height).sub(1).div(rows, "floor").add(1).mul(width);  // bin_end * width
+  const at::Tensor outside = indices.lt(lo).logical_or_(indices.ge(hi));
+  if (!outside.any().item<bool>()) return;
+  const int64_t first = outside.flatten().to(at::kInt).argmax().item<int64_t>();
+  const int64_t bin = first % rows, plane = first / rows;
+  const int64_t h0 = lo[bin].item<int64_t>() / width, h1 = hi[bin].item<int64_t>() / width;
+  TORCH_CHECK_VALUE(false, "hanet_fast: indices must hold, for each bin i, a flat index h * W + w with h in the bin's ",
+                    "rows [floor(i*H/R), ceil((i+1)*H/R)) and 0 <= w < W (H = ", height, ", W = ", width, ", R = ",
+                    rows, "); got ", indices.flatten()[first].item<int64_t>(), " at [", plane / grad_out.size(1), ", ",
+                    plane % grad_out.size(1), ", ", bin, "], whose rows are [", h0, ", ", h1, ")");
 }
 
 }  // namespace hanet_fast

@@ -54,7 +54,7 @@ def require_backend(name: str, device: str) -> None:
     """Skips the calling test when `name` cannot run here or `device` is missing."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    why = hanet_fast.ops.available_backends()[name]
+    why = hanet_fast.ops.available_backends(device)[name]
     if why is not None:
         pytest.skip(f"backend {name!r} unavailable: {why}")
 

@@ -518,3 +518,69 @@ def test_bad_forward_inputs():
             m(*args)
     with pytest.raises(TypeError, match="x_low must have a floating"):
         HANet(8, 4, pos_encoding=None)(x_low.long(), x_high)
+
+
+# ----------------------------------------------------------------------------- second order, graph capture (issue 13)
+def _second_order_grads(fn, inputs, params):
+    """d/d(inputs, params) of |d loss / d(inputs, params)|^2 for ``loss = (fn(*inputs) ** 2).mean()``."""
+    targets = [*inputs, *params]
+    first = torch.autograd.grad((fn(*inputs) ** 2).mean(), targets, create_graph=True)
+    return torch.autograd.grad(sum((g**2).sum() for g in first), targets)
+
+
+def _assert_close_to_scale(got, want):
+    """Each tensor equal to 1e-7 of its own largest entry (a random model's second-order
+    gradients can be tiny in absolute terms), up to rounding noise 1e-10 of the largest entry
+    of all (entries whose true value is 0); the inputs' gradient (first) is not all zero."""
+    largest = max(w.abs().max().item() for w in want)
+    assert want[0].abs().max().item() > 0
+    for i, (g, w) in enumerate(zip(got, want)):
+        atol = 1e-7 * w.abs().max().item() + 1e-10 * largest
+        torch.testing.assert_close(g, w, rtol=1e-7, atol=atol, msg=lambda s, i=i: f"tensor {i}: {s}")
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_second_order_gradients_match_reference(pooling):
+    """The module's second-order gradients (inputs and parameters) on the fused backend equal the
+    reference backend's; they came back without the backward ops' own derivatives (zeros)."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is unavailable")
+    got_want = []
+    for backend in ("cpu", "reference"):
+        m = make_module(in_channels=16, out_channels=6, rows=8, pooling=pooling, backend=backend)
+        x_low, x_high = (t.requires_grad_() for t in make_inputs(13, 10, in_channels=16))
+        got_want.append(_second_order_grads(m, (x_low, x_high), list(m.parameters())))
+    _assert_close_to_scale(got_want[0], got_want[1])
+
+
+def test_whole_model_second_order_gradients_match_reference():
+    """A whole (tiny) DeepLabv3+ with HANet at L1, L4 and L5 (L5 max-pools): second-order
+    gradients with respect to the image and HANet's parameters equal the reference backend's."""
+    if "cpu" not in BACKENDS:
+        pytest.skip("the cpu backend is unavailable")
+    from hanet_fast.models import HANetConfig, deeplabv3plus
+
+    image = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    got_want = []
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(0)
+        model = deeplabv3plus("mobilenet_v2", output_stride=16, num_classes=5, hanet_layers=(1, 0, 0, 1, 1),
+                              hanet=HANetConfig(rows=4, backend=backend), aux=False).double().eval()
+        hanet_params = [p for name, p in model.named_parameters() if "hanet" in name]
+        assert hanet_params
+        x = image.clone().requires_grad_()
+        got_want.append(_second_order_grads(lambda t: model(t).logits, (x,), hanet_params))
+    _assert_close_to_scale(got_want[0], got_want[1])
+
+
+def test_jit_script_is_refused_and_trace_and_export_work():
+    """torch.jit.script fails with one clear error (it failed deep inside on a type annotation);
+    the supported captures, torch.jit.trace and torch.export, reproduce the module."""
+    m = make_module(in_channels=16, out_channels=6, rows=8, dtype=torch.float32).eval()
+    x_low, x_high = make_inputs(13, 10, in_channels=16, dtype=torch.float32)
+    for target in (m, torch.nn.ModuleDict({"head": m})):
+        with pytest.raises(RuntimeError, match=r"HANet does not support torch.jit.script; .*torch.export"):
+            torch.jit.script(target)
+    want = m(x_low, x_high)
+    torch.testing.assert_close(torch.jit.trace(m, (x_low, x_high))(x_low, x_high), want)
+    torch.testing.assert_close(torch.export.export(m, (x_low, x_high)).module()(x_low, x_high), want)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -327,12 +328,8 @@ def test_direct_op_calls_fail_like_the_public_api(backend, device):
     check_direct_op_errors("_triton" if backend == "triton" else "", device)
 
 
-def test_unavailable_backends_say_why():
-    reasons = hanet_fast.ops.available_backends()
-    for name, why in reasons.items():
-        if why is not None:
-            with pytest.raises(RuntimeError, match=f"backend '{name}' is not available"):
-                hanet_fast.height_gate(torch.randn(1, 1, 2, 2), torch.rand(1, 1, 2), backend=name)
+def test_unknown_backend_name_is_refused():
+    # Unavailable backends say why: test_available_backends_report_what_runs_per_device.
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         hanet_fast.height_pool(torch.randn(1, 1, 2, 2), 2, backend="fastest")
 
@@ -404,3 +401,169 @@ def test_max_pool_argmax_in_wide_rows(backend, device, memory_format):
         torch.testing.assert_close(z, z_ref.squeeze(-1), equal_nan=True, atol=0, rtol=0)
         assert torch.equal(z.signbit(), z_ref.squeeze(-1).signbit())
         assert torch.equal(indices, ref_indices.squeeze(-1))
+
+
+# ----------------------------------------------------------------------------- argmax checks (issue 13, item 4)
+def _op_of(backend: str, name: str):
+    return getattr(torch.ops.hanet_fast, name + ("_triton" if backend == "triton" else ""))
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_max_backward_refuses_indices_outside_their_bin(backend, device, memory_format):
+    """height_pool_max_backward writes through the indices it is given: far out of range (it
+    segfaulted), negative (heap corruption), one plane further (it wrote into the next plane)
+    and inside the plane but outside the bin's rows are all refused, naming indices."""
+    require_backend(backend, device)
+    B, C, H, W, R = 2, 3, 8, 5, 4
+    x = torch.randn(B, C, H, W, dtype=torch.float64, device=device).contiguous(memory_format=memory_format)
+    _, indices = max_pool_op(backend)(x, R)
+    grad = torch.randn(B, C, R, dtype=torch.float64, device=device)
+    cl = memory_format == torch.channels_last
+    backward = _op_of(backend, "height_pool_max_backward")
+    expected = grads(reference.height_pool(x.requires_grad_(), R, "max"), x, grad)[0]
+    torch.testing.assert_close(backward(grad, indices, H, W, cl), expected, atol=0, rtol=0)
+    # bin 3 of [1, 2] covers rows [6, 8), i.e. flat indices [30, 40); bin 0 covers [0, 10).
+    for at, bad in (((1, 2, 3), 10**6), ((1, 2, 3), -1), ((1, 2, 3), H * W), ((1, 2, 3), 29), ((0, 0, 0), 10)):
+        wrong = indices.clone()
+        wrong[at] = bad
+        with pytest.raises(ValueError, match=rf"indices must hold.*got {bad} at \[{at[0]}, {at[1]}, {at[2]}\]"):
+            backward(grad, wrong, H, W, cl)
+    # The bins' edges are accepted: the first and last index of every bin.
+    lo = torch.div(torch.arange(R) * H, R, rounding_mode="floor") * W
+    hi = (torch.div((torch.arange(R) + 1) * H - 1, R, rounding_mode="floor") + 1) * W
+    for edge in (lo, hi - 1):
+        backward(grad, edge.to(device).expand(B, C, R).contiguous(), H, W, cl)
+
+
+# ----------------------------------------------------------------------------- double backward (item 5)
+# (B, C, H, W, rows): H % rows != 0; small, since the Triton interpreter runs these too.
+SECOND_ORDER_SHAPE = (1, 2, 6, 3, 4)
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+@pytest.mark.parametrize("memory_format", MEMORY_FORMATS)
+def test_gradgradcheck(backend, device, memory_format):
+    """Second derivatives through the backward ops (they had none: zeros and a warning)."""
+    require_backend(backend, device)
+    check = functools.partial(torch.autograd.gradgradcheck, fast_mode=backend == "triton" and TRITON_INTERPRETED)
+    shape = SECOND_ORDER_SHAPE
+    x = make_x(shape, torch.float64, device, memory_format).requires_grad_()
+    attn = make_attn(shape, torch.float64, device).requires_grad_()
+    assert check(lambda a, b: hanet_fast.height_gate(a, b, backend=backend), (x, attn))
+    assert check(lambda a: hanet_fast.height_gate(a, attn.detach(), backend=backend), (x,))
+    assert check(lambda b: hanet_fast.height_gate(x.detach(), b, backend=backend), (attn,))
+    for mode in POOL_MODES:
+        assert check(lambda a: hanet_fast.height_pool(a, 4, mode, backend=backend), (x,))
+
+
+def _second_order_loss(x, attn, backend):
+    """A loss whose Hessian mixes every op and every derivative of the backward ops."""
+    pooled = hanet_fast.height_pool(x, 4, "avg", backend=backend)
+    gated = hanet_fast.height_gate(x, torch.sigmoid(pooled) * attn, backend=backend)
+    return (gated**2).sum() + (hanet_fast.height_pool(x, 4, "max", backend=backend) ** 3).sum()
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_double_backward_matches_reference(backend, device):
+    """The issue's cases: grad of a gradient (it gave zeros) and Hessian-vector products."""
+    require_backend(backend, device)
+    shape = SECOND_ORDER_SHAPE
+    x = make_x(shape, torch.float64, device).requires_grad_()
+    attn = make_attn(shape, torch.float64, device).requires_grad_()
+    results = {}
+    for be in (backend, "reference"):
+        (g,) = torch.autograd.grad((hanet_fast.height_pool(x, 4, backend=be) ** 2).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), x)
+        (ga,) = torch.autograd.grad((hanet_fast.height_gate(x, attn, backend=be) ** 2).sum(), attn, create_graph=True)
+        (gaa,) = torch.autograd.grad(ga.sum(), attn)
+        hvp = torch.autograd.functional.hvp(lambda a, b: _second_order_loss(a, b, be), (x, attn),
+                                            (torch.ones_like(x), torch.ones_like(attn)))[1]
+        results[be] = (gg, gaa, *hvp)
+    assert results["reference"][0].abs().sum() > 0 and results["reference"][2].abs().sum() > 0
+    for got, want in zip(results[backend], results["reference"]):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_torch_func_matches_reference(backend, device):
+    """torch.func.grad, jacrev (also nested: a Hessian) and vmap run the fused ops (they raised
+    "autograd.Function ... must override the setup_context staticmethod")."""
+    require_backend(backend, device)
+    shape = SECOND_ORDER_SHAPE
+    x = make_x(shape, torch.float64, device)
+    attn = make_attn(shape, torch.float64, device)
+
+    def both(transform):
+        return [transform(backend), transform("reference")]
+
+    for got, want in (
+        both(lambda be: torch.func.grad(_second_order_loss, argnums=(0, 1))(x, attn, be)),
+        both(lambda be: torch.func.jacrev(_second_order_loss, argnums=(0, 1))(x, attn, be)),
+        both(lambda be: (torch.func.jacrev(torch.func.jacrev(_second_order_loss, argnums=1), argnums=1)(x, attn, be),)),
+    ):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
+    xs = make_x((3, 2, 6, 3, 4), torch.float64, device).unsqueeze(1)  # 3 samples shaped like x
+    for mode in POOL_MODES:  # vmapped over a dimension that is not the first
+        got = torch.func.vmap(lambda t: hanet_fast.height_pool(t, 4, mode, backend=backend), in_dims=2)(xs)
+        want = torch.stack([reference.height_pool(xs[:, :, i], 4, mode) for i in range(2)])
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    got = torch.func.vmap(lambda t, a: hanet_fast.height_gate(t, a, backend=backend), in_dims=(0, None))(xs, attn)
+    torch.testing.assert_close(got, torch.stack([reference.height_gate(t, attn) for t in xs]), atol=1e-12, rtol=1e-12)
+    # Per-sample gradients: vmap over grad.
+    per_sample = torch.func.vmap(torch.func.grad(lambda t, be: _second_order_loss(t, attn, be)), in_dims=(0, None))
+    torch.testing.assert_close(per_sample(xs, backend), per_sample(xs, "reference"), atol=1e-10, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- edge cases (item "crashes")
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference"), *FUSED_BACKENDS])
+def test_zero_size_inputs_give_empty_results(backend, device):
+    """Every backend returns empty results (and zero gradients) for empty batches, channels,
+    heights or widths where the ops allow them; the reference raised on empty channels."""
+    require_backend(backend, device)
+    for B, C in ((0, 3), (2, 0), (0, 0)):
+        x = torch.randn(B, C, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+        for mode in POOL_MODES:
+            z = hanet_fast.height_pool(x, 3, mode, backend=backend)
+            assert z.shape == (B, C, 3) and z.dtype == x.dtype
+            assert grads(z, x, torch.ones_like(z))[0].shape == x.shape
+    for B, C, H, W in ((0, 3, 5, 4), (2, 0, 5, 4), (2, 3, 0, 4), (2, 3, 5, 0)):
+        x = torch.randn(B, C, H, W, dtype=torch.float64, device=device, requires_grad=True)
+        attn = torch.rand(B, C, 2, dtype=torch.float64, device=device, requires_grad=True)
+        y = hanet_fast.height_gate(x, attn, backend=backend)
+        assert y.shape == x.shape
+        grad_x, grad_attn = grads(y, (x, attn), torch.ones_like(y))
+        assert grad_x.shape == x.shape and torch.equal(grad_attn, torch.zeros_like(attn))
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference"), *FUSED_BACKENDS])
+def test_rows_beyond_int64_name_rows(backend, device):
+    require_backend(backend, device)
+    x = torch.randn(1, 1, 2, 2, device=device)
+    for rows in (2**63, 2**64 + 3):
+        with pytest.raises(ValueError, match=r"rows must be at most 2\*\*63 - 1"):
+            hanet_fast.height_pool(x, rows, backend=backend)
+
+
+# ----------------------------------------------------------------------------- available_backends (issue 15)
+def test_available_backends_report_what_runs_per_device():
+    """Without a GPU, cuda and triton are not reported as available (they were), each with a
+    reason; per device, a backend is available exactly when an op on that device's tensors runs."""
+    report = hanet_fast.ops.available_backends()
+    assert set(report) == set(hanet_fast.ops.BACKENDS) and report["reference"] is None
+    if not torch.cuda.is_available():
+        assert report["cuda"] is not None
+        assert report["triton"] is not None or TRITON_INTERPRETED
+        assert hanet_fast.ops.available_backends("cuda")["triton"] is not None
+    for device in ("cpu", "meta"):
+        per_device = hanet_fast.ops.available_backends(device)
+        assert per_device["reference"] is None and per_device["cuda"] is not None
+        x = torch.randn(1, 1, 4, 3, device=device)
+        for name, why in per_device.items():
+            if why is None:
+                if device == "cpu":
+                    hanet_fast.height_pool(x, 2, backend=name)
+            else:
+                with pytest.raises((RuntimeError, ValueError), match=re.escape(why)):
+                    hanet_fast.height_pool(x, 2, backend=name)
+    assert (hanet_fast.ops.available_backends("cpu")["triton"] is None) == TRITON_INTERPRETED

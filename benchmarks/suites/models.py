@@ -108,7 +108,7 @@ def variant_backends(ctx: Context) -> dict[str, str | None]:
     names = parse_list(ctx.args.variants, None, "variants") if ctx.args.variants else list(DEFAULT_VARIANTS)
     if BASELINE not in names:
         raise SystemExit(f"--variants must include {BASELINE!r}: the overhead is measured against it")
-    available = available_backends()
+    available = available_backends(ctx.device)
     out: dict[str, str | None] = {}
     for name in names:
         if name == BASELINE:

@@ -112,7 +112,7 @@ def parse_backend(name: str) -> Backend:
 def unavailable_reason(backend: Backend, device: torch.device) -> str | None:
     if backend.ops_backend not in ops.BACKENDS:
         return f"unknown backend {backend.ops_backend!r} (one of {ops.BACKENDS})"
-    why = ops.available_backends()[backend.ops_backend]
+    why = ops.available_backends(device)[backend.ops_backend]
     if why is not None:
         return why
     wanted = FUSED_DEVICE.get(backend.ops_backend)

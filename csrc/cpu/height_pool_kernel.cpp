@@ -275,7 +275,7 @@ at::Tensor height_pool_avg_backward_cpu(const at::Tensor& grad_out_in, int64_t h
 at::Tensor height_pool_max_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& indices_in, int64_t height,
                                         int64_t width, bool channels_last) {
   check_pool_grad(grad_out_in, height, width);
-  check_pool_indices(indices_in, grad_out_in);
+  check_pool_indices(indices_in, grad_out_in, height, width);
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
   at::Tensor grad_x = grad_input_for(grad_out, height, width, channels_last).zero_();

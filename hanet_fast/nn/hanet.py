@@ -70,6 +70,9 @@ class HANet(nn.Module):
 
     Parameters are initialised as the official code does (``reset_parameters``): Kaiming-normal
     convolution weights, zero biases, unit BN scales, zero learned positional table.
+
+    Graph capture: ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` are supported;
+    ``torch.jit.script`` is not (it raises, see :meth:`__prepare_scriptable__`).
     """
 
     def __init__(
@@ -263,4 +266,17 @@ class HANet(nn.Module):
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, rows={self.rows}, "
             f"reduction={self.reduction}, kernel_size={self.kernel_size}, num_convs={self.num_convs}, "
             f"pooling={self.pooling!r}, pos_injection={self.pos_injection}, backend={self.backend!r}"
+        )
+
+    def __prepare_scriptable__(self) -> "HANet":
+        """Refuses ``torch.jit.script`` (of this module or of a model holding it) with a clear error.
+
+        TorchScript would have to compile the ops' Python layer (argument checks, backend
+        choice, autograd registration), which it cannot express, and it is deprecated in
+        torch 2.x; ``torch.jit.trace``, ``torch.export`` and ``torch.compile`` capture the
+        fused ops as they are.
+        """
+        raise RuntimeError(
+            "hanet_fast.nn.HANet does not support torch.jit.script; capture it with torch.export.export, "
+            "torch.jit.trace or torch.compile instead"
         )

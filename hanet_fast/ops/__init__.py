@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hanet_fast import _extension
-from hanet_fast.ops import _validate, reference
+from hanet_fast.ops import _validate, autograd, reference
 from hanet_fast.ops.backends import BACKENDS, available_backends, resolve_backend
 
 if _extension.is_loaded():
@@ -37,13 +37,10 @@ def height_pool(x: torch.Tensor, rows: int = 16, mode: str = "avg", *, backend: 
     name = resolve_backend(backend, x.device)
     if name == "reference":
         return reference.height_pool(x, rows, mode)
-    if name == "triton":
-        if mode == "avg":
-            return torch.ops.hanet_fast.height_pool_avg_triton(x, rows)
-        return torch.ops.hanet_fast.height_pool_max_triton(x, rows)[0]
+    suffix = "_triton" if name == "triton" else ""
     if mode == "avg":
-        return torch.ops.hanet_fast.height_pool_avg(x, rows)
-    return torch.ops.hanet_fast.height_pool_max(x, rows)[0]
+        return autograd.apply("height_pool_avg", suffix, x, rows)
+    return autograd.apply("height_pool_max", suffix, x, rows)[0]
 
 
 def height_gate(x: torch.Tensor, attn: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -66,6 +63,4 @@ def height_gate(x: torch.Tensor, attn: torch.Tensor, *, backend: str = "auto") -
     if name == "reference":
         return reference.height_gate(x, attn)
     dtype = torch.promote_types(x.dtype, attn.dtype)
-    if name == "triton":
-        return torch.ops.hanet_fast.height_gate_triton(x.to(dtype), attn.to(dtype))
-    return torch.ops.hanet_fast.height_gate(x.to(dtype), attn.to(dtype))
+    return autograd.apply("height_gate", "_triton" if name == "triton" else "", x.to(dtype), attn.to(dtype))

@@ -1,8 +1,8 @@
 """Python halves of the C++ operators: fake kernels and autograd (DESIGN §2).
 
 The schemas live in csrc/hanet_ops.cpp. Every op gets a fake kernel so that
-torch.compile and opcheck can trace it; the forward ops get autograd formulas whose
-backward calls the fused backward ops.
+torch.compile and opcheck can trace it; every op, forward and backward, gets an autograd
+formula (hanet_fast/ops/autograd.py), so gradients of any order are exact.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ calling ``torch.ops.hanet_fast.*`` directly fails the same way as the public API
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 POOL_MODES = ("avg", "max")
+INT64_MAX = 2**63 - 1
 
 
 def check_feature_map(x: torch.Tensor, name: str = "x") -> None:
@@ -27,6 +29,8 @@ def check_rows(rows: int) -> None:
         raise TypeError(f"hanet_fast: rows must be an int, got {type(rows).__name__}")
     if rows < 1:
         raise ValueError(f"hanet_fast: rows must be >= 1, got {rows}")
+    if rows > INT64_MAX:  # the operators take a C++ int64
+        raise ValueError(f"hanet_fast: rows must be at most 2**63 - 1, got {rows}")
 
 
 def check_pool_mode(mode: str) -> None:
@@ -91,7 +95,10 @@ def check_pool_grad(grad_out: torch.Tensor, height: int, width: int) -> None:
         raise ValueError(f"hanet_fast: height and width must be >= 1, got {height} and {width}")
 
 
-def check_pool_indices(indices: torch.Tensor, grad_out: torch.Tensor) -> None:
+def check_pool_indices(indices: torch.Tensor, grad_out: torch.Tensor, height: int, width: int) -> None:
+    """The argmax handed to height_pool_max's backward, which writes through it (csrc/checks.h
+    checks the same, worded the same): each entry of bin ``i`` must be a flat index ``h * W + w``
+    of its plane with ``h`` among the bin's rows, i.e. lie in ``[bin_start * W, bin_end * W)``."""
     if indices.shape != grad_out.shape or indices.dtype != torch.int64:
         raise ValueError(
             f"hanet_fast: indices must be an int64 tensor shaped like grad_out {tuple(grad_out.shape)}, "
@@ -102,3 +109,21 @@ def check_pool_indices(indices: torch.Tensor, grad_out: torch.Tensor) -> None:
             f"hanet_fast: indices is on {indices.device} but grad_out is on {grad_out.device}; "
             "they must be on one device"
         )
+    # Fake and meta tensors (tracing, torch.compile) carry no values to check.
+    if indices.numel() == 0 or indices.device.type == "meta" or is_fake(indices):
+        return
+    rows = grad_out.shape[2]
+    bins = torch.arange(rows, device=indices.device)
+    lo = torch.div(bins * height, rows, rounding_mode="floor") * width
+    hi = (torch.div((bins + 1) * height - 1, rows, rounding_mode="floor") + 1) * width
+    outside = (indices < lo) | (indices >= hi)
+    if not bool(outside.any()):
+        return
+    first = int(outside.flatten().int().argmax())
+    plane, b = divmod(first, rows)
+    raise ValueError(
+        "hanet_fast: indices must hold, for each bin i, a flat index h * W + w with h in the bin's rows "
+        f"[floor(i*H/R), ceil((i+1)*H/R)) and 0 <= w < W (H = {height}, W = {width}, R = {rows}); "
+        f"got {int(indices.flatten()[first])} at [{plane // grad_out.shape[1]}, {plane % grad_out.shape[1]}, {b}], "
+        f"whose rows are [{int(lo[b]) // width}, {int(hi[b]) // width})"
+    )

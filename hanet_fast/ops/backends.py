@@ -3,7 +3,8 @@
 ``auto`` picks, for CUDA tensors, ``cuda`` if the extension was built with CUDA, else
 ``triton``, else ``reference``; for CPU tensors, ``cpu`` if the extension was built,
 else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``.
-A backend named explicitly that cannot run raises and says why.
+A backend named explicitly that cannot run raises and says why; :func:`available_backends`
+reports what can run, on this machine or on one device's tensors, with the same reasons.
 
 ``triton`` runs on CUDA tensors, and also on CPU tensors when Triton's interpreter is on
 (``TRITON_INTERPRET=1`` set before triton was imported); ``auto`` never picks it for CPU
@@ -56,9 +57,44 @@ def _default_backend() -> str:
 DEFAULT_BACKEND = _default_backend()
 
 
-def available_backends() -> dict[str, str | None]:
-    """Every backend name mapped to None when it can run here, or to the reason it cannot."""
-    return dict(_UNAVAILABLE)
+NO_CUDA_DEVICE = "no CUDA device (torch.cuda.is_available() is False)"
+
+
+def _reason_on(backend: str, device_type: str) -> str | None:
+    """None when ``backend`` runs ops on tensors of ``device_type`` on this machine, else why not."""
+    if backend == "reference":
+        return None
+    if _UNAVAILABLE[backend] is not None:
+        return _UNAVAILABLE[backend]
+    devices = _DEVICES_OF[backend]
+    if device_type not in devices:
+        where = f"{devices[0]} tensors"
+        if backend == "triton":
+            where += " (and cpu tensors under TRITON_INTERPRET=1)"
+        return f"runs on {where}, not on {device_type} tensors"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return NO_CUDA_DEVICE
+    return None
+
+
+def available_backends(device: str | torch.device | None = None) -> dict[str, str | None]:
+    """Every backend name mapped to None when it can run here, or to the reason it cannot.
+
+    Args:
+        device: with a device (``"cpu"``, ``"cuda"``, ...), whether each backend runs ops on
+            tensors of that device. Without one, whether each backend runs on some device
+            of this machine (the CPU, and a GPU when torch sees one); a backend that runs
+            nowhere here gives the reason for its own device (cuda and triton: CUDA).
+    """
+    if device is not None:
+        device_type = torch.device(device).type
+        return {name: _reason_on(name, device_type) for name in BACKENDS}
+    present = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    report: dict[str, str | None] = {}
+    for name in BACKENDS:
+        reasons = [_reason_on(name, device_type) for device_type in present]
+        report[name] = None if None in reasons else _reason_on(name, _DEVICES_OF.get(name, ("cpu",))[0])
+    return report
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -74,10 +110,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise RuntimeError(f"hanet_fast: backend {backend!r} is not available: {reason}")
     wanted = _DEVICES_OF.get(backend)
     if wanted is not None and device.type not in wanted:
-        where = f"{wanted[0]} tensors"
-        if backend == "triton":
-            where += " (and cpu tensors under TRITON_INTERPRET=1)"
-        raise ValueError(f"hanet_fast: backend {backend!r} runs on {where}, got tensors on {device}")
+        raise ValueError(f"hanet_fast: backend {backend!r} {_reason_on(backend, device.type)}")
     return backend
 
 

@@ -293,5 +293,5 @@ def height_pool_max_backward_triton(
     grad_out: torch.Tensor, indices: torch.Tensor, height: int, width: int, channels_last: bool
 ) -> torch.Tensor:
     _validate.check_pool_grad(grad_out, height, width)
-    _validate.check_pool_indices(indices, grad_out)
+    _validate.check_pool_indices(indices, grad_out, height, width)
     return _pool_backward(grad_out, indices, height, width, channels_last)
