@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 #include "index_math.h"
@@ -34,6 +35,7 @@ namespace hanet_fast {
 namespace cuda {
 
 constexpr int kThreads = 256;  // threads per block of every kernel
+constexpr int kMaxBlocksPerSm = 2048 / kThreads;  // resident blocks of an SM at best (2048 threads)
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -59,14 +61,43 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// The plain integer (vector) type of a pack's size. Packs move through it: a pack of class
+// types (c10::Half, c10::BFloat16) or one the compiler has split into registers is otherwise
+// stored element by element (four 32-bit STG for a float4, eight 16-bit for bf16).
+template <int Bytes>
+struct RawBits;
+template <>
+struct RawBits<16> {
+  using type = uint4;
+};
+template <>
+struct RawBits<8> {
+  using type = uint2;
+};
+template <>
+struct RawBits<4> {
+  using type = unsigned int;
+};
+template <>
+struct RawBits<2> {
+  using type = unsigned short;
+};
+
 template <int N, typename T>
 __device__ __forceinline__ Pack<T, N> load_pack(const T* ptr) {
-  return *reinterpret_cast<const Pack<T, N>*>(ptr);
+  using Raw = typename RawBits<sizeof(Pack<T, N>)>::type;
+  const Raw raw = *reinterpret_cast<const Raw*>(ptr);
+  Pack<T, N> pack;
+  memcpy(&pack, &raw, sizeof(pack));
+  return pack;
 }
 
 template <int N, typename T>
 __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& pack) {
-  *reinterpret_cast<Pack<T, N>*>(ptr) = pack;
+  using Raw = typename RawBits<sizeof(Pack<T, N>)>::type;
+  Raw raw;
+  memcpy(&raw, &pack, sizeof(raw));
+  *reinterpret_cast<Raw*>(ptr) = raw;
 }
 
 // ------------------------------------------------------------------------------ max rule
@@ -77,21 +108,29 @@ __device__ __forceinline__ void store_pack(T* ptr, const Pack<T, N>& pack) {
 // exactly the scan's answer (a tree over lanes, then segments and rows in order).
 constexpr int64_t kNoIndex = INT64_MAX;  // index of the identity (-inf, kNoIndex), beaten by everything
 
+// The identity's index in an index type: the NCHW / NHWC reductions track the column in
+// index_t (int32 unless the tensor needs 64-bit offsets; cheaper compares and shuffles) and
+// widen it when they write the workspace.
+template <typename idx_t>
+HANET_HOST_DEVICE idx_t no_index() {
+  return sizeof(idx_t) == 4 ? static_cast<idx_t>(INT32_MAX) : static_cast<idx_t>(INT64_MAX);
+}
+
 template <typename acc_t>
 __device__ __forceinline__ acc_t negative_infinity() {
   return -static_cast<acc_t>(INFINITY);
 }
 
-template <typename acc_t>
-__device__ __forceinline__ bool beats(acc_t value, int64_t index, acc_t best, int64_t best_index) {
+template <typename acc_t, typename idx_t>
+__device__ __forceinline__ bool beats(acc_t value, idx_t index, acc_t best, idx_t best_index) {
   const bool value_nan = value != value;
   const bool best_nan = best != best;
   if (value_nan || best_nan) return value_nan && (!best_nan || index > best_index);
   return value > best || (value == best && index < best_index);
 }
 
-template <typename acc_t>
-__device__ __forceinline__ void take_max(acc_t& best, int64_t& best_index, acc_t value, int64_t index) {
+template <typename acc_t, typename idx_t>
+__device__ __forceinline__ void take_max(acc_t& best, idx_t& best_index, acc_t value, idx_t index) {
   if (beats(value, index, best, best_index)) {
     best = value;
     best_index = index;
@@ -110,11 +149,11 @@ __device__ __forceinline__ T group_sum(T value, int group) {
   return value;
 }
 
-template <typename acc_t>
-__device__ __forceinline__ void group_max(acc_t& best, int64_t& best_index, int group) {
+template <typename acc_t, typename idx_t>
+__device__ __forceinline__ void group_max(acc_t& best, idx_t& best_index, int group) {
   for (int offset = group / 2; offset > 0; offset /= 2) {
     const acc_t other = __shfl_xor_sync(kFullMask, best, offset);
-    const int64_t other_index = __shfl_xor_sync(kFullMask, best_index, offset);
+    const idx_t other_index = __shfl_xor_sync(kFullMask, best_index, offset);
     take_max(best, best_index, other, other_index);
   }
 }
@@ -275,8 +314,8 @@ struct Device {
   // one for the NHWC tiling, whose threads each keep several 16-byte loads in flight.
   int64_t target_threads() const { return static_cast<int64_t>(sm_count) * 2048; }
   int64_t target_pixel_threads() const { return static_cast<int64_t>(sm_count) * 1024; }
-  int64_t blocks_for(int64_t threads) const {  // grid-stride loops cover the rest
-    return max64(1, min64(ceil_div(threads, kThreads), static_cast<int64_t>(sm_count) * 8));
+  int64_t blocks_for(int64_t threads) const {  // grid-stride loops cover the rest; launch() may cut further
+    return max64(1, min64(ceil_div(threads, kThreads), static_cast<int64_t>(sm_count) * kMaxBlocksPerSm));
   }
 };
 
@@ -287,10 +326,12 @@ inline int64_t blocks_for_rows(const Device& device, const RowTiling& t) {
 }
 
 // Calls f(int32_t{}) when every offset into the tensors and workspaces of a launch (all
-// below `max_elements`) fits in 32 bits, else f(int64_t{}): the index type of the kernels.
+// below `max_elements`) fits in 32 bits, with room for the last step of a loop past the end
+// (a group's stride, at most kIndexHeadroom), else f(int64_t{}): the index type of the kernels.
+constexpr int64_t kIndexHeadroom = 4096;
 template <typename F>
 void with_index_type(int64_t max_elements, F&& f) {
-  if (max_elements <= static_cast<int64_t>(INT32_MAX)) {
+  if (max_elements <= static_cast<int64_t>(INT32_MAX) - kIndexHeadroom) {
     f(int32_t{});
   } else {
     f(int64_t{});
@@ -300,11 +341,22 @@ void with_index_type(int64_t max_elements, F&& f) {
 // HANET_CUDA_EMULATION: defined by a CPU emulation of these kernels (lanes as threads,
 // shuffles as barrier exchanges; not part of the build), which brings its own launch().
 #ifndef HANET_CUDA_EMULATION
-// Launches `kernel` on kThreads-thread blocks; the caller checks the launch (a callback from
-// csrc/cuda runs C10_CUDA_KERNEL_LAUNCH_CHECK after every launch).
+// Launches `kernel` on kThreads-thread blocks on device.stream; the caller checks the launch (a
+// callback from csrc/cuda runs C10_CUDA_KERNEL_LAUNCH_CHECK after every launch). Every kernel
+// loops grid-stride, so the grid is cut to the blocks the GPU holds at once (the occupancy
+// the kernel's registers allow, asked once per kernel): one wave, no tail of a partial wave.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), int64_t blocks, cudaStream_t stream, Args... args) {
-  kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(static_cast<Params>(args)...);
+void launch(void (*kernel)(Params...), int64_t blocks, const Device& device, Args... args) {
+  static const int resident = [kernel] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) {
+      (void)cudaGetLastError();  // not fatal: the grid stays as planned
+      n = kMaxBlocksPerSm;
+    }
+    return n;
+  }();
+  blocks = min64(blocks, static_cast<int64_t>(device.sm_count) * resident);
+  kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, device.stream>>>(static_cast<Params>(args)...);
 }
 #endif
 

@@ -48,8 +48,10 @@ __global__ void __launch_bounds__(kThreads)
     const index_t offset = row * static_cast<index_t>(t.width);
     const scalar_t* in = x + offset;
     scalar_t* out = y + offset;
+    const index_t step = static_cast<index_t>(t.group * V);
 #pragma unroll 4
-    for (int64_t w = begin + static_cast<int64_t>(g.lane) * V; w < end; w += static_cast<int64_t>(t.group) * V) {
+    for (index_t w = static_cast<index_t>(begin) + static_cast<index_t>(g.lane * V); w < static_cast<index_t>(end);
+         w += step) {
       const Pack<scalar_t, V> p = load_pack<V>(in + w);
       Pack<scalar_t, V> q;
 #pragma unroll
@@ -82,8 +84,9 @@ __global__ void __launch_bounds__(kThreads)
                            c;
     const scalar_t* in = x + offset;
     scalar_t* out = y + offset;
+    const index_t channels = static_cast<index_t>(t.channels);
 #pragma unroll 4
-    for (int64_t w = w0; w < w1; ++w, in += t.channels, out += t.channels) {
+    for (index_t w = static_cast<index_t>(w0); w < static_cast<index_t>(w1); ++w, in += channels, out += channels) {
       const Pack<scalar_t, V> p = load_pack<V>(in);
       Pack<scalar_t, V> q;
 #pragma unroll
@@ -118,8 +121,10 @@ __global__ void __launch_bounds__(kThreads)
         a = upsampled<scalar_t, acc_t>(attn + static_cast<int64_t>(plane) * R, h, R, H);
       }
       const index_t offset = row * static_cast<index_t>(t.width);
+      const index_t step = static_cast<index_t>(t.group * V);
 #pragma unroll 4
-      for (int64_t w = begin + static_cast<int64_t>(g.lane) * V; w < end; w += static_cast<int64_t>(t.group) * V) {
+      for (index_t w = static_cast<index_t>(begin) + static_cast<index_t>(g.lane * V); w < static_cast<index_t>(end);
+           w += step) {
         const Pack<scalar_t, V> gy = load_pack<V>(grad_y + offset + w);
         const Pack<scalar_t, V> xv = load_pack<V>(x + offset + w);
         Pack<scalar_t, V> gx;
@@ -172,8 +177,9 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* gy_in = grad_y + offset;
     const scalar_t* x_in = x + offset;
     scalar_t* gx_out = kGradX ? grad_x + offset : nullptr;
+    const index_t channels = static_cast<index_t>(t.channels);
 #pragma unroll 4
-    for (int64_t w = w0; w < w1; ++w, gy_in += t.channels, x_in += t.channels) {
+    for (index_t w = static_cast<index_t>(w0); w < static_cast<index_t>(w1); ++w, gy_in += channels, x_in += channels) {
       const Pack<scalar_t, V> gy = load_pack<V>(gy_in);
       const Pack<scalar_t, V> xv = load_pack<V>(x_in);
       Pack<scalar_t, V> gx;
@@ -185,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       if constexpr (kGradX) {
         store_pack<V>(gx_out, gx);
-        gx_out += t.channels;
+        gx_out += channels;
       }
     }
     acc_t* out = row_sums + ((pixel_row * static_cast<index_t>(t.segments) + seg) * static_cast<index_t>(t.channels) + c);
@@ -239,7 +245,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ------------------------------------------------------------------------------ launch sequences
-// Host side: picks the tiling and launches on device.stream, calling check() after each launch.
+// Host side: picks the tiling and launches on device, calling check() after each launch.
 struct Plan {
   bool channels_last;
   int vec;  // 1, or vec_width<scalar_t>() when W (NCHW) / C (NHWC) and every pointer allow it
@@ -279,17 +285,17 @@ void forward(const Plan& plan, scalar_t* y, const scalar_t* x, const scalar_t* a
   if (!plan.channels_last) {
     const int64_t blocks = blocks_for_rows(device, plan.rows);
     if (plan.vec == V) {
-      launch(forward_nchw_kernel<scalar_t, acc_t, index_t, V>, blocks, device.stream, y, x, attn, plan.rows, H, R);
+      launch(forward_nchw_kernel<scalar_t, acc_t, index_t, V>, blocks, device, y, x, attn, plan.rows, H, R);
     } else {
-      launch(forward_nchw_kernel<scalar_t, acc_t, index_t, 1>, blocks, device.stream, y, x, attn, plan.rows, H, R);
+      launch(forward_nchw_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, y, x, attn, plan.rows, H, R);
     }
   } else {
     const PixelTiling& t = plan.pixels;
     const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
-      launch(forward_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device.stream, y, x, attn, t, H, R);
+      launch(forward_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device, y, x, attn, t, H, R);
     } else {
-      launch(forward_nhwc_kernel<scalar_t, acc_t, index_t, 1>, blocks, device.stream, y, x, attn, t, H, R);
+      launch(forward_nhwc_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, y, x, attn, t, H, R);
     }
   }
   check();
@@ -305,25 +311,25 @@ void backward(const Plan& plan, scalar_t* grad_x, scalar_t* grad_attn, acc_t* ro
   if (!plan.channels_last) {
     const int64_t blocks = blocks_for_rows(device, plan.rows);
     if (plan.vec == V) {
-      launch(backward_nchw_kernel<scalar_t, acc_t, index_t, V, kGradX>, blocks, device.stream, grad_x, row_sums,
+      launch(backward_nchw_kernel<scalar_t, acc_t, index_t, V, kGradX>, blocks, device, grad_x, row_sums,
              grad_y, x, attn, plan.rows, H, R);
     } else {
-      launch(backward_nchw_kernel<scalar_t, acc_t, index_t, 1, kGradX>, blocks, device.stream, grad_x, row_sums,
+      launch(backward_nchw_kernel<scalar_t, acc_t, index_t, 1, kGradX>, blocks, device, grad_x, row_sums,
              grad_y, x, attn, plan.rows, H, R);
     }
   } else {
     const PixelTiling& t = plan.pixels;
     const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
-      launch(backward_nhwc_kernel<scalar_t, acc_t, index_t, V, kGradX>, blocks, device.stream, grad_x, row_sums,
+      launch(backward_nhwc_kernel<scalar_t, acc_t, index_t, V, kGradX>, blocks, device, grad_x, row_sums,
              grad_y, x, attn, t, H, R);
     } else {
-      launch(backward_nhwc_kernel<scalar_t, acc_t, index_t, 1, kGradX>, blocks, device.stream, grad_x, row_sums,
+      launch(backward_nhwc_kernel<scalar_t, acc_t, index_t, 1, kGradX>, blocks, device, grad_x, row_sums,
              grad_y, x, attn, t, H, R);
     }
   }
   check();
-  launch(attn_grad_kernel<scalar_t, acc_t>, device.blocks_for(B * C * R), device.stream, grad_attn, row_sums, B, C, H,
+  launch(attn_grad_kernel<scalar_t, acc_t>, device.blocks_for(B * C * R), device, grad_attn, row_sums, B, C, H,
          R, plan.layout);
   check();
 }

@@ -11,8 +11,9 @@
 // backward avg  grad_x[b, c, h, w] = sum over bins containing h of g[b, c, bin] / (rows * W):
 //              the per-row coefficient first (one thread per (b, c, h), bins in order), then
 //              grad_x written once.
-// backward max  grad_x zeroed by the caller, then one thread per (b, c) plane adds its bins'
-//              gradients at their argmax in bin order (bins may share an argmax): no atomics.
+// backward max  grad_x written once: each element gathers, in bin order, the gradients of the
+//              bins of its row whose argmax it is (bins may share an argmax): no atomics, no
+//              zero fill.
 //
 // Raw pointers and sizes only; `index_t` (int32_t or int64_t) is what divisions and offsets
 // are computed in, int64_t once a tensor has 2^31 elements or more.
@@ -41,20 +42,21 @@ __global__ void __launch_bounds__(kThreads)
     const bool valid = item < items;
     acc_t sum = 0;
     acc_t best = negative_infinity<acc_t>();
-    int64_t best_w = kNoIndex;
+    index_t best_w = no_index<index_t>();  // a column: index_t is enough, widened when written
     if (valid) {
       const RowPiece<index_t> piece = row_piece<index_t>(t, item);
       const index_t row = piece.row;
-      const int64_t begin = piece.begin, end = piece.end;
+      const index_t begin = static_cast<index_t>(piece.begin), end = static_cast<index_t>(piece.end);
+      const index_t step = static_cast<index_t>(t.group * V);
       const scalar_t* in = x + static_cast<index_t>(row * static_cast<index_t>(t.width));
 #pragma unroll 4
-      for (int64_t w = begin + static_cast<int64_t>(g.lane) * V; w < end; w += static_cast<int64_t>(t.group) * V) {
+      for (index_t w = begin + static_cast<index_t>(g.lane * V); w < end; w += step) {
         const Pack<scalar_t, V> p = load_pack<V>(in + w);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
           const acc_t v = static_cast<acc_t>(p.v[k]);
           if constexpr (kMax) {
-            take_max(best, best_w, v, w + k);
+            take_max(best, best_w, v, static_cast<index_t>(w + k));
           } else {
             sum += v;
           }
@@ -70,7 +72,7 @@ __global__ void __launch_bounds__(kThreads)
     if (valid && g.lane == 0) {
       if constexpr (kMax) {
         ws_value[item] = best;
-        ws_index[item] = best_w;
+        ws_index[item] = static_cast<int64_t>(best_w);
       } else {
         ws_value[item] = sum;
       }
@@ -94,15 +96,16 @@ __global__ void __launch_bounds__(kThreads)
                               c);
     acc_t sum[V];
     acc_t best[V];
-    int64_t best_w[V];
+    index_t best_w[V];  // columns: index_t is enough, widened when written
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       sum[k] = 0;
       best[k] = negative_infinity<acc_t>();
-      best_w[k] = kNoIndex;
+      best_w[k] = no_index<index_t>();
     }
+    const index_t channels = static_cast<index_t>(t.channels);
 #pragma unroll 4
-    for (int64_t w = w0; w < w1; ++w, in += t.channels) {
+    for (index_t w = static_cast<index_t>(w0); w < static_cast<index_t>(w1); ++w, in += channels) {
       const Pack<scalar_t, V> p = load_pack<V>(in);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
@@ -119,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < V; ++k) {
       if constexpr (kMax) {
         ws_value[out + k] = best[k];
-        ws_index[out + k] = best_w[k];
+        ws_index[out + k] = static_cast<int64_t>(best_w[k]);
       } else {
         ws_value[out + k] = sum[k];
       }
@@ -206,8 +209,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < V; ++k) p.v[k] = value;
     scalar_t* out = grad_x + static_cast<index_t>(row * static_cast<index_t>(t.width));
+    const index_t step = static_cast<index_t>(t.group * V);
 #pragma unroll 4
-    for (int64_t w = begin + static_cast<int64_t>(g.lane) * V; w < end; w += static_cast<int64_t>(t.group) * V) {
+    for (index_t w = static_cast<index_t>(begin) + static_cast<index_t>(g.lane * V); w < static_cast<index_t>(end);
+         w += step) {
       store_pack<V>(out + w, p);
     }
   }
@@ -229,35 +234,143 @@ __global__ void __launch_bounds__(kThreads)
     scalar_t* out = grad_x + (static_cast<index_t>(pixel_row * static_cast<index_t>(t.width) + static_cast<index_t>(w0)) *
                                   static_cast<index_t>(t.channels) +
                               c);
+    const index_t channels = static_cast<index_t>(t.channels);
 #pragma unroll 4
-    for (int64_t w = w0; w < w1; ++w, out += t.channels) store_pack<V>(out, p);
+    for (index_t w = static_cast<index_t>(w0); w < static_cast<index_t>(w1); ++w, out += channels) store_pack<V>(out, p);
   }
 }
 
 // ------------------------------------------------------------------------------ backward, max
-// One thread per (b, c) plane; grad_x is zero. An index outside [0, H * W) (only possible
-// from hand-made indices) is skipped rather than written out of bounds.
+// grad_x is written once, gathered: element (b, c, h, w) gets, in bin order, grad_out[b, c, i] of
+// every bin i containing row h whose argmax is h * W + w, added as the CPU kernel adds them
+// (acc_t, rounded to scalar_t after each bin). The bins containing h are consecutive, from
+// floor(h * R / H) (see avg_coef_kernel), and few: at most 2 when H >= R. The argmax columns
+// of the first kRowBins of them stay in registers, so a vector of columns none of them hits is
+// stored as zeros without reading anything; a vector one of them hits (or every vector of a
+// row in more bins) reads the bins' indices and gradients back. An index outside the row
+// (only possible from hand-made indices) matches no element, as the scatter it replaces skipped it.
+constexpr int kRowBins = 2;
+
+// Bins [first, end) are the bins containing row h.
+HANET_HOST_DEVICE void bins_of_row(int64_t h, int64_t R, int64_t H, int64_t& first, int64_t& end) {
+  first = h * R / H;
+  end = first;
+  while (end < R && bin_start(end, R, H) <= h) ++end;
+}
+
+// The element at flat index `flat` of one plane's row h (indices / grads: that plane's R bins).
 template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t gathered(const int64_t* indices, const scalar_t* grads, int64_t first, int64_t end,
+                                             int64_t flat) {
+  scalar_t value = static_cast<scalar_t>(0);
+  for (int64_t bin = first; bin < end; ++bin) {
+    if (indices[bin] == flat) value = static_cast<scalar_t>(static_cast<acc_t>(value) + static_cast<acc_t>(grads[bin]));
+  }
+  return value;
+}
+
+// NCHW: per (row, segment) item, as fill_rows_nchw_kernel.
+template <typename scalar_t, typename acc_t, typename index_t, int V>
 __global__ void __launch_bounds__(kThreads)
-    max_scatter_kernel(scalar_t* __restrict__ grad_x, const scalar_t* __restrict__ grad_out,
-                       const int64_t* __restrict__ indices, int64_t B, int64_t C, int64_t H, int64_t W, int64_t R,
-                       bool channels_last) {
-  const int64_t planes = B * C;
-  const int64_t plane_size = H * W;
-  for (int64_t plane = global_thread(); plane < planes; plane += grid_threads()) {
-    const int64_t b = plane / C, c = plane % C;
-    for (int64_t bin = 0; bin < R; ++bin) {
-      const int64_t flat = indices[plane * R + bin];
-      if (flat < 0 || flat >= plane_size) continue;
-      const int64_t at = channels_last ? (b * plane_size + flat) * C + c : plane * plane_size + flat;
-      grad_x[at] = static_cast<scalar_t>(static_cast<acc_t>(grad_x[at]) + static_cast<acc_t>(grad_out[plane * R + bin]));
+    max_gather_nchw_kernel(scalar_t* __restrict__ grad_x, const scalar_t* __restrict__ grad_out,
+                           const int64_t* __restrict__ indices, RowTiling t, int64_t H, int64_t R) {
+  const int64_t items = t.rows * t.segments;
+  const GroupLane g = group_lane(t.group);
+  for (int64_t base = g.first; base < items; base += g.step) {
+    const int64_t item = base + g.group_in_warp;
+    if (item >= items) continue;  // no shuffles in this kernel
+    const RowPiece<index_t> piece = row_piece<index_t>(t, item);
+    const index_t row = piece.row;
+    const index_t plane = row / static_cast<index_t>(H);
+    const int64_t h = row - plane * static_cast<index_t>(H);
+    const int64_t row_start = h * t.width;  // flat index of (h, 0) in the plane
+    const int64_t* plane_indices = indices + static_cast<int64_t>(plane) * R;
+    const scalar_t* plane_grads = grad_out + static_cast<int64_t>(plane) * R;
+    int64_t first, end_bin;
+    bins_of_row(h, R, H, first, end_bin);
+    const bool many = end_bin - first > kRowBins;
+    index_t col[kRowBins];
+#pragma unroll
+    for (int j = 0; j < kRowBins; ++j) {
+      const int64_t rel = first + j < end_bin ? plane_indices[first + j] - row_start : -1;
+      col[j] = rel >= 0 && rel < t.width ? static_cast<index_t>(rel) : static_cast<index_t>(-1);
+    }
+    scalar_t* out = grad_x + static_cast<index_t>(row * static_cast<index_t>(t.width));
+    const index_t step = static_cast<index_t>(t.group * V);
+#pragma unroll 4
+    for (index_t w = static_cast<index_t>(piece.begin) + static_cast<index_t>(g.lane * V);
+         w < static_cast<index_t>(piece.end); w += step) {
+      bool hit = many;
+#pragma unroll
+      for (int j = 0; j < kRowBins; ++j) hit |= static_cast<uint32_t>(col[j] - w) < static_cast<uint32_t>(V);
+      Pack<scalar_t, V> p;
+#pragma unroll
+      for (int k = 0; k < V; ++k) p.v[k] = static_cast<scalar_t>(0);
+      if (hit) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          p.v[k] = gathered<scalar_t, acc_t>(plane_indices, plane_grads, first, end_bin, row_start + w + k);
+        }
+      }
+      store_pack<V>(out + w, p);
+    }
+  }
+}
+
+// NHWC: per (pixel row, segment, vector of V channels) thread, as fill_rows_nhwc_kernel.
+template <typename scalar_t, typename acc_t, typename index_t, int V>
+__global__ void __launch_bounds__(kThreads)
+    max_gather_nhwc_kernel(scalar_t* __restrict__ grad_x, const scalar_t* __restrict__ grad_out,
+                           const int64_t* __restrict__ indices, PixelTiling t, int64_t H, int64_t R) {
+  const int64_t n = pixel_items(t, V);
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const PixelPiece<index_t> piece = pixel_piece<index_t, V>(t, i);
+    const index_t c = piece.c, pixel_row = piece.pixel_row;
+    const index_t b = pixel_row / static_cast<index_t>(H);
+    const int64_t h = pixel_row - b * static_cast<index_t>(H);
+    const int64_t row_start = h * t.width;
+    const int64_t plane0 = static_cast<int64_t>(b) * t.channels + c;  // plane of channel c; c + k is plane0 + k
+    int64_t first, end_bin;
+    bins_of_row(h, R, H, first, end_bin);
+    const bool many = end_bin - first > kRowBins;
+    index_t col[V][kRowBins];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+#pragma unroll
+      for (int j = 0; j < kRowBins; ++j) {
+        const int64_t rel = first + j < end_bin ? indices[(plane0 + k) * R + first + j] - row_start : -1;
+        col[k][j] = rel >= 0 && rel < t.width ? static_cast<index_t>(rel) : static_cast<index_t>(-1);
+      }
+    }
+    const index_t channels = static_cast<index_t>(t.channels);
+    scalar_t* out = grad_x + (static_cast<index_t>(pixel_row * static_cast<index_t>(t.width) +
+                                                   static_cast<index_t>(piece.w0)) * channels + c);
+#pragma unroll 4
+    for (index_t w = static_cast<index_t>(piece.w0); w < static_cast<index_t>(piece.w1); ++w, out += channels) {
+      bool hit = many;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+#pragma unroll
+        for (int j = 0; j < kRowBins; ++j) hit |= col[k][j] == w;
+      }
+      Pack<scalar_t, V> p;
+#pragma unroll
+      for (int k = 0; k < V; ++k) p.v[k] = static_cast<scalar_t>(0);
+      if (hit) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          p.v[k] = gathered<scalar_t, acc_t>(indices + (plane0 + k) * R, grad_out + (plane0 + k) * R, first, end_bin,
+                                             row_start + w);
+        }
+      }
+      store_pack<V>(out, p);
     }
   }
 }
 
 // ------------------------------------------------------------------------------ launch sequences
 // Everything below runs on the host: it picks the tiling and launches the kernels on
-// device.stream, calling check() after every launch. Buffers are raw device pointers.
+// device, calling check() after every launch. Buffers are raw device pointers.
 
 // The forward's tiling, and how many (row, segment) values step 1 writes to the workspace.
 struct ForwardPlan {
@@ -298,21 +411,21 @@ void forward(const ForwardPlan& plan, scalar_t* out, int64_t* out_index, const s
   if (!plan.channels_last) {
     const int64_t blocks = blocks_for_rows(device, plan.rows);
     if (plan.vec == V) {
-      launch(rows_nchw_kernel<scalar_t, acc_t, index_t, V, kMax>, blocks, device.stream, x, ws_value, ws_index, plan.rows);
+      launch(rows_nchw_kernel<scalar_t, acc_t, index_t, V, kMax>, blocks, device, x, ws_value, ws_index, plan.rows);
     } else {
-      launch(rows_nchw_kernel<scalar_t, acc_t, index_t, 1, kMax>, blocks, device.stream, x, ws_value, ws_index, plan.rows);
+      launch(rows_nchw_kernel<scalar_t, acc_t, index_t, 1, kMax>, blocks, device, x, ws_value, ws_index, plan.rows);
     }
   } else {
     const PixelTiling& t = plan.pixels;
     const int64_t blocks = device.blocks_for(pixel_items(t, plan.vec));
     if (plan.vec == V) {
-      launch(rows_nhwc_kernel<scalar_t, acc_t, index_t, V, kMax>, blocks, device.stream, x, ws_value, ws_index, t);
+      launch(rows_nhwc_kernel<scalar_t, acc_t, index_t, V, kMax>, blocks, device, x, ws_value, ws_index, t);
     } else {
-      launch(rows_nhwc_kernel<scalar_t, acc_t, index_t, 1, kMax>, blocks, device.stream, x, ws_value, ws_index, t);
+      launch(rows_nhwc_kernel<scalar_t, acc_t, index_t, 1, kMax>, blocks, device, x, ws_value, ws_index, t);
     }
   }
   check();
-  launch(bins_kernel<scalar_t, acc_t, kMax>, device.blocks_for(B * C * R), device.stream, out, out_index, ws_value,
+  launch(bins_kernel<scalar_t, acc_t, kMax>, device.blocks_for(B * C * R), device, out, out_index, ws_value,
          ws_index, B, C, H, W, R, plan.layout);
   check();
 }
@@ -329,7 +442,7 @@ void avg_backward(scalar_t* grad_x, const scalar_t* grad_out, acc_t* coef, int64
                   int64_t R, bool channels_last, const Device& device, Check&& check) {
   constexpr int V = vec_width<scalar_t>();
   const RowLayout layout = channels_last ? RowLayout::nhwc(C, H, 1) : RowLayout::nchw(C, H, 1);
-  launch(avg_coef_kernel<scalar_t, acc_t>, device.blocks_for(B * C * H), device.stream, coef, grad_out, B, C, H, W, R,
+  launch(avg_coef_kernel<scalar_t, acc_t>, device.blocks_for(B * C * H), device, coef, grad_out, B, C, H, W, R,
          layout);
   check();
   const int vec = vec_for_fill(grad_x, C, W, channels_last);
@@ -337,28 +450,45 @@ void avg_backward(scalar_t* grad_x, const scalar_t* grad_out, acc_t* coef, int64
     const RowTiling t = plan_rows(B * C * H, W, vec, device.target_threads());
     const int64_t blocks = blocks_for_rows(device, t);
     if (vec == V) {
-      launch(fill_rows_nchw_kernel<scalar_t, acc_t, index_t, V>, blocks, device.stream, grad_x, coef, t);
+      launch(fill_rows_nchw_kernel<scalar_t, acc_t, index_t, V>, blocks, device, grad_x, coef, t);
     } else {
-      launch(fill_rows_nchw_kernel<scalar_t, acc_t, index_t, 1>, blocks, device.stream, grad_x, coef, t);
+      launch(fill_rows_nchw_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, grad_x, coef, t);
     }
   } else {
     const PixelTiling t = plan_pixels(B * H, W, C, vec, device.target_pixel_threads());
     const int64_t blocks = device.blocks_for(t.pixel_rows * t.segments * (C / vec));
     if (vec == V) {
-      launch(fill_rows_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device.stream, grad_x, coef, t);
+      launch(fill_rows_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device, grad_x, coef, t);
     } else {
-      launch(fill_rows_nhwc_kernel<scalar_t, acc_t, index_t, 1>, blocks, device.stream, grad_x, coef, t);
+      launch(fill_rows_nhwc_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, grad_x, coef, t);
     }
   }
   check();
 }
 
-// Max backward: grad_x must be zero already.
-template <typename scalar_t, typename acc_t, typename Check>
+// Max backward: every element of grad_x written once (no zero fill first).
+template <typename scalar_t, typename acc_t, typename index_t, typename Check>
 void max_backward(scalar_t* grad_x, const scalar_t* grad_out, const int64_t* indices, int64_t B, int64_t C, int64_t H,
                   int64_t W, int64_t R, bool channels_last, const Device& device, Check&& check) {
-  launch(max_scatter_kernel<scalar_t, acc_t>, device.blocks_for(B * C), device.stream, grad_x, grad_out, indices, B, C,
-         H, W, R, channels_last);
+  constexpr int V = vec_width<scalar_t>();
+  const int vec = vec_for_fill(grad_x, C, W, channels_last);
+  if (!channels_last) {
+    const RowTiling t = plan_rows(B * C * H, W, vec, device.target_threads());
+    const int64_t blocks = blocks_for_rows(device, t);
+    if (vec == V) {
+      launch(max_gather_nchw_kernel<scalar_t, acc_t, index_t, V>, blocks, device, grad_x, grad_out, indices, t, H, R);
+    } else {
+      launch(max_gather_nchw_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, grad_x, grad_out, indices, t, H, R);
+    }
+  } else {
+    const PixelTiling t = plan_pixels(B * H, W, C, vec, device.target_pixel_threads());
+    const int64_t blocks = device.blocks_for(pixel_items(t, vec));
+    if (vec == V) {
+      launch(max_gather_nhwc_kernel<scalar_t, acc_t, index_t, V>, blocks, device, grad_x, grad_out, indices, t, H, R);
+    } else {
+      launch(max_gather_nhwc_kernel<scalar_t, acc_t, index_t, 1>, blocks, device, grad_x, grad_out, indices, t, H, R);
+    }
+  }
   check();
 }
 

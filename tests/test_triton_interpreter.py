@@ -116,14 +116,9 @@ def test_torch_compile_fullgraph(memory_format):
 # ----------------------------------------------------------------------------- compiles for a GPU
 def _compile_for_sm90(kernel, pointers: dict, constants: dict, num_warps: int):
     """Compiles a kernel to a cubin for sm_90 ahead of time (no GPU needed)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.autotuner import Autotuner
+    from hanet_fast.triton._common import compile_for_sm90
 
-    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in fn.arg_names}
-    source = triton.compiler.ASTSource(fn, signature, constants)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return compile_for_sm90(kernel, pointers, constants, num_warps)
 
 
 @pytest.mark.slow

@@ -107,17 +107,20 @@ at::Tensor height_pool_max_backward_cuda(const at::Tensor& grad_out_in, const at
   const c10::cuda::CUDAGuard guard(grad_out_in.device());
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor indices = indices_in.contiguous();
-  at::Tensor grad_x = grad_input_for(grad_out, height, width, channels_last).zero_();
+  at::Tensor grad_x = grad_input_for(grad_out, height, width, channels_last);  // every element written once
   if (grad_x.numel() == 0) return grad_x;
   const int64_t B = grad_out.size(0), C = grad_out.size(1), R = grad_out.size(2);
   const Device device = current_device();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "height_pool_max_backward_cuda",
                                   [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    pool::max_backward<scalar_t, acc_t>(
-                                        grad_x.data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(),
-                                        indices.const_data_ptr<int64_t>(), B, C, height, width, R, channels_last,
-                                        device, kLaunchCheck);
+                                    with_index_type(grad_x.numel(), [&](auto index_tag) {
+                                      using index_t = decltype(index_tag);
+                                      pool::max_backward<scalar_t, acc_t, index_t>(
+                                          grad_x.data_ptr<scalar_t>(), grad_out.const_data_ptr<scalar_t>(),
+                                          indices.const_data_ptr<int64_t>(), B, C, height, width, R, channels_last,
+                                          device, kLaunchCheck);
+                                    });
                                   });
   return grad_x;
 }

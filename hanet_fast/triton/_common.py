@@ -51,13 +51,17 @@ if INTERPRETED:
         triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)
     ]
 else:
+    # Elements per thread: 2 to 4 in the first ones (16 bytes of float32), 8 in the last ones
+    # (16 bytes of a 16-bit dtype: what it takes for 128-bit accesses in bf16 / fp16).
     ELEMENTWISE_NCHW_CONFIGS = [
         triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
-        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8))
+        for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8),
+                           (8, 128, 4), (4, 256, 4), (16, 64, 4))
     ]
     ELEMENTWISE_NHWC_CONFIGS = [
         triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
-        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8))
+        for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8),
+                           (128, 8, 4), (256, 4, 4))
     ]
 
 
@@ -87,6 +91,24 @@ def strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
 def strides3(t: torch.Tensor) -> tuple[int, int, int]:
     s = t.stride()
     return s[0], s[1], s[2]
+
+
+def compile_for_sm90(kernel, pointers: dict, constants: dict, num_warps: int, divisible=()):
+    """Compiles a kernel for sm_90 ahead of time, without a GPU (tests and
+    scripts/kernel_report.py): ``pointers`` maps pointer arguments to Triton types (``"*fp32"``;
+    other arguments are int32), ``constants`` gives the constexpr arguments and the arguments
+    specialised as constants (those equal to 1, as Triton does at launch), ``divisible`` names
+    the arguments that Triton would see as multiples of 16 at launch (16-byte aligned pointers,
+    sizes and strides divisible by 16), which is what lets it emit 16-byte accesses.
+    Returns Triton's compiled kernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata``)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.autotuner import Autotuner
+
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
+    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible if name not in constants}
+    source = triton.compiler.ASTSource(fn, signature, constants, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
 # ----------------------------------------------------------------------------- index math

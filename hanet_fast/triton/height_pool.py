@@ -104,34 +104,39 @@ def _pool_max_kernel(
     b, cs, rs, c_mask, r_mask, starts, ends, h_lo, h_hi = _pool_program(pid, C, H, R, BLOCK_C, BLOCK_R)
 
     row_base = x_ptr + b * sxb + cs[:, None] * sxc
-    w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
+    w_offsets = tl.arange(0, BLOCK_W)
     best = tl.full([BLOCK_C, BLOCK_R], float("-inf"), ACC)
     best_idx = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.int64) + (starts * W)[None, :]
     for h in range(h_lo, h_hi):
-        # The row's maximum and its first position (or its last NaN), chunk by chunk.
-        row_best = tl.full([BLOCK_C], float("-inf"), ACC)
-        row_arg = tl.zeros([BLOCK_C], dtype=tl.int64)
+        # Each tile slot keeps the scan's winner of the columns it sees (a later value wins when
+        # larger or NaN; its columns only grow), then the slots are combined once per row by the
+        # same rule, which is associative: the row's maximum and first position, or last NaN.
+        run = tl.full([BLOCK_C, BLOCK_W], float("-inf"), ACC)
+        run_w = tl.full([BLOCK_C, BLOCK_W], W, tl.int32)  # W: no column yet (masked slots keep it)
         for w0 in range(0, W, BLOCK_W):
-            ws = (w0 + w_offsets)[None, :]  # [1, BLOCK_W]
+            ws = (w0 + w_offsets)[None, :]  # [1, BLOCK_W], int32: a column
             mask = c_mask[:, None] & (ws < W)
-            v = tl.load(row_base + h * sxh + ws * sxw, mask=mask, other=0.0).to(ACC)
-            nan = (v != v) & mask
-            has_nan = tl.max(nan.to(tl.int32), axis=1) > 0
-            last_nan = tl.max(tl.where(nan, ws, -1), axis=1)
-            numbers = tl.where(mask & (v == v), v, float("-inf"))  # NaN left out
-            chunk_max = tl.max(numbers, axis=1)
-            first_max = tl.min(tl.where(mask & (numbers == chunk_max[:, None]), ws, W), axis=1)
+            v = tl.load(row_base + h * sxh + ws.to(tl.int64) * sxw, mask=mask, other=float("-inf")).to(ACC)
+            take = (v > run) | (v != v) | (mask & (run_w == W))  # a slot's first column is taken even if -inf
+            run = tl.where(take, v, run)
+            run_w = tl.where(take, ws, run_w)
+        if BLOCK_W == 1:
+            row_best = tl.reshape(run, [BLOCK_C])
+            row_arg = tl.reshape(run_w, [BLOCK_C])
+        else:
+            nan = run != run
+            last_nan = tl.max(tl.where(nan, run_w, -1), axis=1)
+            numbers = tl.where(nan, float("-inf"), run)
+            row_max = tl.max(numbers, axis=1)
+            first_max = tl.min(tl.where(numbers == row_max[:, None], run_w, W), axis=1)
             # The value at first_max itself: -0.0 == +0.0, and the first of them is the maximum.
-            chunk_max = tl.max(tl.where(ws == first_max[:, None], numbers, float("-inf")), axis=1)
-            value = tl.where(has_nan, float("nan"), chunk_max)
-            arg = tl.where(has_nan, last_nan, first_max)
-            take = (value > row_best) | (value != value)
-            row_best = tl.where(take, value, row_best)
-            row_arg = tl.where(take, arg, row_arg)
+            row_max = tl.max(tl.where(run_w == first_max[:, None], numbers, float("-inf")), axis=1)
+            row_best = tl.where(last_nan >= 0, float("nan"), row_max)
+            row_arg = tl.where(last_nan >= 0, last_nan, first_max)
         in_bin = (starts <= h) & (h < ends)
         take = in_bin[None, :] & ((row_best[:, None] > best) | (row_best != row_best)[:, None])
         best = tl.where(take, row_best[:, None], best)
-        best_idx = tl.where(take, h * W + row_arg[:, None], best_idx)
+        best_idx = tl.where(take, h * W + row_arg.to(tl.int64)[:, None], best_idx)
 
     out_offsets = (b * C + cs[:, None]) * R + rs[None, :]
     mask = c_mask[:, None] & r_mask[None, :]
@@ -139,22 +144,31 @@ def _pool_max_kernel(
     tl.store(idx_ptr + out_offsets, best_idx, mask=mask)
 
 
-def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool, is_max: bool) -> dict:
+def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool, is_max: bool,
+                    element_size: int = 4) -> dict:
     """Launch settings of the forward kernels: a fixed rule of the shape (they reduce)."""
     if INTERPRETED:
-        return dict(BLOCK_C=4, BLOCK_W=8, BLOCK_R=pow2(R, 8), num_warps=1)
-    tile = 512 if is_max else 1024  # max keeps a value and an index per element
-    if channels_last:  # channels are contiguous: wide in C, a few columns at a time
-        block_c = pow2(C, 128)
-        block_w = pow2(W, max(1, tile // block_c))
-    else:  # columns are contiguous: wide in W, a few channels (rows of x) at a time
-        block_w = pow2(W, 256)
-        block_c = pow2(C, max(1, tile // block_w))
+        return dict(BLOCK_C=4, BLOCK_W=1 if (channels_last and is_max) else 8, BLOCK_R=pow2(R, 8), num_warps=1)
+    if channels_last and is_max:
+        # One column at a time, channels across the threads, 16 bytes of them per thread: each
+        # slot's running maximum is the row's (no reduction across W), and no warp waits on another.
+        block_c = pow2(C, 512)
+        block_w = 1
+        num_warps = max(1, min(8, block_c * element_size // (16 * 32)))
+    else:
+        tile = 512 if is_max else 1024  # max keeps a value and an index per element
+        if channels_last:  # channels are contiguous: wide in C, a few columns at a time
+            block_c = pow2(C, 128)
+            block_w = pow2(W, max(1, tile // block_c))
+        else:  # columns are contiguous: wide in W, a few channels (rows of x) at a time
+            block_w = pow2(W, 256)
+            block_c = pow2(C, max(1, tile // block_w))
+        num_warps = 4 if block_c * block_w <= 1024 else 8
     # Bins per program: all of them (x read exactly once) unless that leaves too few programs.
     block_r = pow2(R, 32)
     while block_r > 1 and B * triton.cdiv(C, block_c) * triton.cdiv(R, block_r) < TARGET_PROGRAMS:
         block_r //= 2
-    return dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_R=block_r, num_warps=4 if block_c * block_w <= 1024 else 8)
+    return dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_R=block_r, num_warps=num_warps)
 
 
 def _forward_grid(B, C, R, cfg):
@@ -186,7 +200,7 @@ def height_pool_max_triton(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, to
     indices = torch.empty((B, C, rows), dtype=torch.int64, device=x.device)
     if out.numel() == 0:
         return out, indices
-    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=True)
+    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=True, element_size=x.element_size())
     with on_device_of(x):
         wrap_triton(_pool_max_kernel)[_forward_grid(B, C, rows, cfg)](
             x, out, indices, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg

@@ -37,6 +37,8 @@
 #define __launch_bounds__(...)
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };  // CUDA's vector types that kernels/common.cuh moves packs through
+struct alignas(8) uint2 { unsigned x, y; };
 using cudaStream_t = void*;
 
 namespace emu {
@@ -102,9 +104,13 @@ inline LanePool& pool() { static LanePool p; return p; }
 
 namespace hanet_fast { namespace cuda {
 constexpr int kEmuThreads = 256;
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), int64_t blocks, cudaStream_t, Args... args) {
+// The real launch() cuts grid-stride grids to the blocks the GPU holds at once; here 2 per SM
+// stand in for that occupancy, so that the grid-stride loops take several turns.
+constexpr int64_t kEmuResidentBlocks = 2;
+template <typename... Params, typename Device, typename... Args>
+void launch(void (*kernel)(Params...), int64_t blocks, const Device& device, Args... args) {
   emu::launches++;
+  if (blocks > device.sm_count * kEmuResidentBlocks) blocks = device.sm_count * kEmuResidentBlocks;
   if (blocks < 1 || blocks > (int64_t(1) << 31) - 1) { emu::errors++; std::fprintf(stderr, "emu: bad grid %ld\n", (long)blocks); return; }
   emu::grid_dim = dim3{static_cast<unsigned>(blocks), 1, 1};
   emu::block_dim = dim3{kEmuThreads, 1, 1};

@@ -1,0 +1,77 @@
+"""scripts/kernel_report.py: the static sm_90 report of the CUDA and Triton kernels, in smoke mode
+(two CUDA kernels, one Triton kernel), and its occupancy and SASS arithmetic on hand-made input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import kernel_report  # noqa: E402
+
+
+def test_blocks_per_sm_follows_the_register_file():
+    assert kernel_report.blocks_per_sm(32, 256, 0) == 8  # thread limit
+    assert kernel_report.blocks_per_sm(64, 256, 0) == 4  # 64 regs x 256 threads = 16 K: 4 blocks
+    assert kernel_report.blocks_per_sm(72, 256, 0) == 3  # 72 regs rounds to 2304 per warp: 7 warps a quarter
+    assert kernel_report.blocks_per_sm(40, 128, 48 * 1024) == 4  # shared memory limit
+
+
+def test_hot_loop_counts_wide_accesses_and_instructions_per_element():
+    sass = [
+        (0x00, "LDC R1, c[0x0][0x28]"),
+        (0x10, "LDG.E.128.CONSTANT R8, desc[UR4][R2.64]"),  # hot loop: 0x10-0x50
+        (0x20, "FMUL R8, R8, R0"),
+        (0x30, "STG.E.128 desc[UR4][R4.64], R8"),
+        (0x40, "NOP"),
+        (0x50, "@!P0 BRA 0x10"),
+        (0x60, "STG.E desc[UR4][R4.64], R8"),  # outside the loop
+        (0x70, "EXIT"),
+    ]
+    loop = kernel_report.analyze(sass, element_bytes=4, streams_in=1, streams_out=1)
+    assert loop.where == "loop 0x10-0x50"
+    assert loop.loads == {128: 1} and loop.stores == {128: 1}
+    assert loop.instructions == 4 and loop.elements == 4 and loop.per_element == 1.0
+
+
+def test_a_write_only_kernel_is_measured_by_its_stores_not_a_small_loop_of_loads():
+    sass = [
+        (0x00, "LDG.E.U16 R2, desc[UR4][R4.64]"),  # a loop over a few bins: loads only
+        (0x10, "@!P0 BRA 0x0"),
+        (0x20, "STG.E.128 desc[UR4][R6.64], R8"),
+        (0x30, "EXIT"),
+    ]
+    loop = kernel_report.analyze(sass, element_bytes=2, streams_in=0, streams_out=1)
+    assert loop.where == "whole function" and loop.stores == {128: 1} and loop.elements == 8
+
+
+@pytest.mark.slow
+def test_smoke_report(tmp_path):
+    pytest.importorskip("triton")
+    if shutil.which("c++filt") is None or shutil.which("g++") is None:
+        pytest.skip("needs binutils' c++filt and g++")
+    try:
+        kernel_report._tool("nvcc")
+    except SystemExit as e:
+        pytest.skip(str(e))
+    out = tmp_path / "static"
+    run = subprocess.run([sys.executable, "scripts/kernel_report.py", "--smoke", "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    data = json.loads((out / "report.json").read_text())
+    shorts = {k["short"]: k for k in data["cuda"].values()}
+    gate = shorts["gate::forward_nchw_kernel<f32,f32,i32,4>"]
+    assert gate["regs"] > 0 and gate["loop"]["loads"] and gate["loop"]["per_element"] > 0
+    assert any(l["kernel"] in data["cuda"] and l["blocks"] >= 1 for l in data["launches"])
+    assert len(data["triton"]) == 1 and data["triton"][0]["regs"] > 0 and data["triton"][0]["grid"] >= 1
+    assert "## CUDA launches at the benchmark shapes" in (out / "report.md").read_text()
+    again = subprocess.run([sys.executable, "scripts/kernel_report.py", "--smoke", "--out", str(out)], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # never overwrites silently
