@@ -381,16 +381,14 @@ class DeepLabV3PlusHANet(nn.Module):
         if return_aux and self.dsn is None:
             raise ValueError("hanet_fast.models: return_aux=True but the network was built with aux=False")
         attention: dict[str, torch.Tensor] | None = {} if return_attention else None
-        resized: dict[int, torch.Tensor] = {}
 
         def gate(k: int, x_low: torch.Tensor, x_high: torch.Tensor) -> torch.Tensor:
             module = getattr(self, f"hanet{k}")
             pos = None
             if row_pos is not None and module.pos_encoding is not None:
-                height = x_low.shape[2]
-                if height not in resized:
-                    resized[height] = resize_row_pos(row_pos, height)
-                pos = resized[height]
+                # Resized per layer, not cached by height: under torch.export with a dynamic
+                # height the height is a SymInt, which cannot key a dict.
+                pos = resize_row_pos(row_pos, x_low.shape[2])
             if attention is None:
                 return module(x_low, x_high, pos)
             out, attn = module(x_low, x_high, pos, return_attention=True)
