@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args"]
+__all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "add_compile_arg", "compile_model",
+           "default_out"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -69,3 +71,32 @@ def resolve_device(text: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {text!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+COMPILE_HELP = ("torch.compile the whole network (slow first batches while it compiles, then faster; "
+                "checkpoints stay interchangeable with eager runs)")
+
+
+def add_compile_arg(group) -> None:
+    """The ``--compile`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for all three)."""
+    group.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` ``model`` in place and return it.
+
+    ``nn.Module.compile`` compiles the module's forward without wrapping it in an
+    ``OptimizedModule``, so ``state_dict()`` keeps its plain keys (no ``_orig_mod.`` prefix) and a
+    checkpoint written by a compiled run loads into an eager one and back."""
+    model.compile()
+    return model
+
+
+def default_out(out: str | None, checkpoint: str | None, name: str) -> str:
+    """``--out`` of ``infer`` / ``analyze``: as given; else the subfolder ``name`` of the run folder
+    given as ``--checkpoint``; else ``name`` in the current folder."""
+    if out is not None:
+        return out
+    if checkpoint is not None and os.path.isdir(checkpoint):
+        return os.path.join(checkpoint, name)
+    return name

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hanet_fast._cli import HelpFormatter, parse_args, resolve_device, size_arg
+from hanet_fast._cli import default_out
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform, ImageFolder,
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize images to HxW before the network (default: as stored)")
     g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="analysis", help="folder for table1.txt, statistics.json and the PNGs")
+    g.add_argument("--out", default=None,
+                   help="folder for table1.txt, statistics.json and the PNGs (default: <run folder>/analysis when "
+                        "--checkpoint is a run folder, else ./analysis)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
@@ -111,6 +114,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--dataset {args.dataset} needs --data-root")
     if args.dataset == "folder" and args.checkpoint and not args.image_root:
         p.error("--dataset folder with --checkpoint needs --image-root (the images; --data-root holds the labels)")
+    args.out = default_out(args.out, args.checkpoint, "analysis")
 
 
 def _datasets(args) -> tuple[object, object | None]:
@@ -173,7 +177,7 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict) -> 
     with torch.no_grad():
         out = model(sample["image"][None].to(device), sample["row_pos"][None].to(device), return_attention=True)
     path = os.path.join(args.out, "fig5_attention.png")
-    attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path, seriate=True,
+    attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path,
                      title=f"HANet attention, image {args.sample} ({args.dataset} {args.split})")
     written.append(path)
     arrays = {f"sample_{n}": a[0].float().cpu().numpy() for n, a in out.attention.items()}

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 
 from hanet_fast._cli import parse_args, resolve_device, scales_arg, size_arg
+from hanet_fast._cli import add_compile_arg, compile_model
 from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, EvalTransform, SyntheticUrbanScenes
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output stride (official checkpoints without a saved command need it; ours: override)")
     g.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=list(AMP_MODES), default="off", help="autocast dtype (default: off)")
+    add_compile_arg(g)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=["synthetic", "cityscapes", "bdd100k"], default=None,
@@ -276,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
+    if args.compile:
+        compile_model(model)
     _resolve_data(args, info, parser)
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)

@@ -52,11 +52,14 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hanet_fast._cli import size_arg
+from hanet_fast._cli import add_compile_arg, compile_model
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, EvalTransform, SyntheticUrbanScenes,
                              TrainSampler, TrainTransform, class_centroids)
 from hanet_fast.evaluate import accumulate_confusion
 from hanet_fast.inference import amp_context
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
+from hanet_fast.models import HANET_LAYERS
+from hanet_fast.ops import resolve_backend
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.losses import segmentation_loss
 from hanet_fast.training.metrics import format_table, iou_from_confusion
@@ -94,7 +97,7 @@ DEFAULT_PRESET = "synthetic-mobilenet"
 
 # Settings a resumed run takes from the command line rather than from the checkpoint.
 _RUNTIME_KEYS = ("out", "resume", "workers", "no_progress", "stop_after", "device", "cache_dir", "threads",
-                 "log_every", "deterministic")
+                 "log_every", "deterministic", "compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aux-weight", type=float, default=S, help="auxiliary loss weight (paper: 0.4)")
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 uses a GradScaler)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    add_compile_arg(g)
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=S, help="SyncBatchNorm under DDP on GPU")
     g.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=S, help="plain BatchNorm under DDP")
 
@@ -334,6 +338,19 @@ def save_figures(model: nn.Module, dataset, device, args, out: str, writer, step
     net.train(was_training)
 
 
+def announce(args, device: torch.device, net: DeepLabV3PlusHANet, train_set, val_set, world: int, start: int) -> None:
+    """What a run is about to do, printed before its first slow step (the class statistics)."""
+    layers = [name for name, on in zip(HANET_LAYERS, net.config.hanet_layers) if on]
+    backends = sorted({resolve_backend(m.backend, device) for m in net.hanet_modules.values()})
+    hanet = f"HANet {'+'.join(layers)} on the {'/'.join(backends)} backend" if layers else "no HANet (baseline)"
+    print(f"hanet_fast.train: {args.backbone} OS{args.output_stride}, {hanet}; device {device}"
+          f"{f' x {world} processes' if world > 1 else ''}{', torch.compile' if args.compile else ''}\n"
+          f"  data: {args.dataset}, {len(train_set)} training / {len(val_set)} validation images; "
+          f"{args.iters} iterations of batch {args.batch_size}{f', resuming at {start}' if start else ''}\n"
+          f"  run folder: {args.out} (TensorBoard: tensorboard --logdir {os.path.join(args.out, 'tb')})",
+          flush=True)
+
+
 # --------------------------------------------------------------------------- training
 def train(args) -> dict:
     rank, world, local_rank = _dist_info()
@@ -378,6 +395,8 @@ def train(args) -> dict:
         torch.manual_seed(args.seed + 1000003 * rank)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        compile_model(model)
     net = model
     groups = net.param_groups(args.weight_decay, args.hanet_weight_decay)
     for grp in groups:
@@ -403,11 +422,14 @@ def train(args) -> dict:
             print("hanet_fast.train: SyncBatchNorm needs GPUs; using per-process BatchNorm on CPU", file=sys.stderr)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = _unwrap(model)
+    if main:
+        announce(args, device, net, train_set, val_set, world, start)
 
     centroids = None
     if args.class_uniform_pct > 0:
         if main or world == 1:
-            centroids = class_centroids(train_set, args.cache_dir, args.class_uniform_tile or None)
+            centroids = class_centroids(train_set, args.cache_dir, args.class_uniform_tile or None,
+                                        progress=main and not args.no_progress)
         if world > 1:
             holder = [centroids]
             dist.broadcast_object_list(holder, src=0)

@@ -21,6 +21,7 @@ import json
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from hanet_fast.data.labels import NUM_CLASSES
 
@@ -45,10 +46,13 @@ def _mask_centroids(mask: np.ndarray, tile: int, num_classes: int) -> list[tuple
     return out
 
 
-def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_CLASSES) -> dict[int, list]:
-    """``{class: [[index, row, col], ...]}`` over the data set's label maps (tile: H // 2 by default)."""
+def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_CLASSES,
+                      progress: bool = False) -> dict[int, list]:
+    """``{class: [[index, row, col], ...]}`` over the data set's label maps (tile: H // 2 by default);
+    ``progress``: a tqdm bar on stderr (a first run spends seconds to minutes here)."""
     cents: dict[int, list] = {c: [] for c in range(num_classes)}
-    for i in range(len(dataset)):
+    for i in tqdm(range(len(dataset)), desc="class statistics", unit="img", disable=not progress,
+                  dynamic_ncols=True, mininterval=0.5):
         mask = dataset.load_mask(i)
         t = tile or max(1, mask.shape[0] // 2)
         for c, y, x in _mask_centroids(mask, t, num_classes):
@@ -57,8 +61,9 @@ def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_C
 
 
 def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = None,
-                    num_classes: int = NUM_CLASSES) -> dict[int, list]:
-    """:func:`compute_centroids`, cached in ``cache_dir/centroids/<hash of the data set key>.json``."""
+                    num_classes: int = NUM_CLASSES, progress: bool = False) -> dict[int, list]:
+    """:func:`compute_centroids` (with its ``progress`` bar), cached in
+    ``cache_dir/centroids/<hash of the data set key>.json``."""
     key = f"{dataset.cache_key()}:tile={tile}:classes={num_classes}"
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, "centroids", hashlib.sha1(key.encode()).hexdigest()[:20] + ".json")
@@ -70,7 +75,7 @@ def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = No
                 return {int(c): v for c, v in data["centroids"].items()}
         except (OSError, ValueError):
             pass
-    cents = compute_centroids(dataset, tile, num_classes)
+    cents = compute_centroids(dataset, tile, num_classes, progress)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
