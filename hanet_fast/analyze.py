@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: the images for --checkpoint (any folder of images, searched recursively)")
     g.add_argument("--limit", type=int, default=0, help="analyse the first N maps only (0: all)")
     g.add_argument("--synthetic-count", type=int, default=2000, help="synthetic: number of scenes")
-    g.add_argument("--synthetic-size", type=size_arg, default="128x256", help="synthetic: scene size HxW")
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default="128x256", help="synthetic: scene size HxW")
     g.add_argument("--data-seed", type=int, default=0, help="synthetic: data seed")
     g = p.add_argument_group("statistics")
     g.add_argument("--bins", type=int, default=64,
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, default=0, help="index of the image shown in Fig. 5")
     g.add_argument("--attention-images", type=int, default=32,
                    help="images whose attention is averaged for Fig. 7 (the first N of the split)")
-    g.add_argument("--size", type=size_arg, default=None,
+    g.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize images to HxW before the network (default: as stored)")
     g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     g = p.add_argument_group("output")

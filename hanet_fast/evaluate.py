@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data set root (default: the checkpoint's); cityscapes: holds leftImg8bit/ and gtFine/, "
                         "bdd100k: holds images/10k/ and labels/sem_seg/masks/")
     g.add_argument("--split", default="val", help="split to evaluate (default: val; synthetic: train, val or test)")
-    g.add_argument("--synthetic-size", type=size_arg, default=None,
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=None,
                    help="synthetic scene size HxW (default: the checkpoint's, else 128x256)")
     g.add_argument("--synthetic-val", type=int, default=None,
                    help="number of synthetic scenes (default: the checkpoint's validation count, else 100)")

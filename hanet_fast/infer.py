@@ -113,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "<stem>_attention.png (paper Fig. 5)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass; only same-size images share a batch (no padding)")
-    p.add_argument("--size", type=size_arg, default=None,
+    p.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize every image to HxW for the network (outputs keep each image's size; default: "
                         "each image as it is)")
     p.add_argument("--scales", type=scales_arg, default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
     p.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
-    p.add_argument("--window", type=size_arg, default=None,
+    p.add_argument("--window", type=size_arg, metavar="HxW", default=None,
                    help="sliding-window inference with HxW windows (default: the whole image at once)")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window shared by neighbouring windows, in [0, 1) (default: 1/3)")

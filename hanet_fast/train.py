@@ -52,7 +52,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hanet_fast._cli import size_arg
-from hanet_fast._cli import add_compile_arg, compile_model
+from hanet_fast._cli import HelpFormatter, add_compile_arg, compile_model
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, EvalTransform, SyntheticUrbanScenes,
                              TrainSampler, TrainTransform, class_centroids)
 from hanet_fast.evaluate import accumulate_confusion
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "With no arguments: MobileNetV2 + HANet on the built-in synthetic street scenes.",
         epilog="Presets: " + "; ".join(
             f"{name}: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())) for name, cfg in PRESETS.items()),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     S = argparse.SUPPRESS  # defaults come from the preset (shown in the epilog)
     g = p.add_argument_group("run")
@@ -131,11 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
     g.add_argument("--train-split", default="train", help="training split (cityscapes/bdd100k)")
     g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
-    g.add_argument("--synthetic-size", type=size_arg, default=S, help="synthetic scene size H,W (preset: 128,256)")
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=S, help="synthetic scene size HxW (preset: 128x256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
     g.add_argument("--synthetic-val", type=int, default=S, help="number of synthetic validation scenes (preset: 100)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scenes")
-    g.add_argument("--crop-size", type=size_arg, default=S, help="training crop H,W (or one size)")
+    g.add_argument("--crop-size", type=size_arg, metavar="HxW", default=S, help="training crop HxW (or one size)")
     g.add_argument("--scale-min", type=float, default=S, help="random scale minimum (paper: 0.5)")
     g.add_argument("--scale-max", type=float, default=S, help="random scale maximum (paper: 2.0)")
     g.add_argument("--color-jitter", type=float, default=S, help="colour jitter strength (0: off)")
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
-    g.add_argument("--val-size", type=size_arg, default=None, help="resize validation images to H,W (default: as they are)")
+    g.add_argument("--val-size", type=size_arg, metavar="HxW", default=None, help="resize validation images to HxW (default: as they are)")
     g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
