@@ -7,8 +7,8 @@
 
 Suites (``--suites``, run in the order given; default all, in this priority order):
 
-    train-step   DeepLabv3+ training step: no HANet vs HANet L1-L4 fused vs reference backend
-    inference    DeepLabv3+ eval-mode images/s, the same three variants
+    train-step   DeepLabv3+ training step: no HANet vs HANet L1-L4 fused vs reference vs fused compiled
+    inference    DeepLabv3+ eval-mode images/s, the same variants (+ onnxruntime on a CPU)
     module       hanet_fast.nn.HANet forward and forward+backward, every backend
     ops          height_pool and height_gate forward and forward+backward, every backend
 
@@ -92,8 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--precisions", default=None, help="comma-separated, of fp32,bf16 (bf16 = autocast; default "
                    "bf16,fp32 on a GPU, fp32 on a CPU)")
     g.add_argument("--variants", default=None, help="comma-separated: none (no HANet, required), fused (the "
-                   "device's fused backend), or a backend name such as reference or triton (default "
-                   "none,fused,reference)")
+                   "device's fused backend), compile (fused under torch.compile), onnxruntime (fused, exported to ONNX; "
+                   "inference on a CPU), or a backend name such as reference or triton (default "
+                   "none,fused,reference, then compile, and onnxruntime where it runs)")
     g.add_argument("--image-size", default=None, help="HxW for both model suites (default per suite and device)")
     g.add_argument("--batch", type=int, default=None, help="batch size for both model suites (train-step >= 2)")
     args = p.parse_args(argv)

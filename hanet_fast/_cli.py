@@ -14,7 +14,7 @@ from PIL import Image
 from hanet_fast.data import DatasetError
 
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
-           "image_size", "same_size_batches"]
+           "image_size", "same_size_batches", "add_compile_arg", "compile_model", "default_out"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -194,3 +194,32 @@ def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list
     for i, size in enumerate(sizes):
         groups[tuple(size)].append(i)
     return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+
+
+COMPILE_HELP = ("torch.compile the whole network (slow first batches while it compiles, then faster; "
+                "checkpoints stay interchangeable with eager runs)")
+
+
+def add_compile_arg(group) -> None:
+    """The ``--compile`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for all three)."""
+    group.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` ``model`` in place and return it.
+
+    ``nn.Module.compile`` compiles the module's forward without wrapping it in an
+    ``OptimizedModule``, so ``state_dict()`` keeps its plain keys (no ``_orig_mod.`` prefix) and a
+    checkpoint written by a compiled run loads into an eager one and back."""
+    model.compile()
+    return model
+
+
+def default_out(out: str | None, checkpoint: str | None, name: str) -> str:
+    """``--out`` of ``infer`` / ``analyze``: as given; else the subfolder ``name`` of the run folder
+    given as ``--checkpoint``; else ``name`` in the current folder."""
+    if out is not None:
+        return out
+    if checkpoint is not None and os.path.isdir(checkpoint):
+        return os.path.join(checkpoint, name)
+    return name

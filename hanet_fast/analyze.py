@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from hanet_fast._cli import HelpFormatter, check_outputs, error_exit, parse_args, resolve_device, size_arg
+from hanet_fast._cli import HelpFormatter, check_outputs, default_out, error_exit, parse_args, resolve_device, size_arg
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
 from hanet_fast.data import (BDD100K, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: the images for --checkpoint (any folder of images, searched recursively)")
     g.add_argument("--limit", type=int, default=0, help="analyse the first N maps only (0: all)")
     g.add_argument("--synthetic-count", type=int, default=2000, help="synthetic: number of scenes")
-    g.add_argument("--synthetic-size", type=size_arg, default="128x256", help="synthetic: scene size HxW")
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default="128x256", help="synthetic: scene size HxW")
     g.add_argument("--data-seed", type=int, default=0, help="synthetic: data seed")
     g = p.add_argument_group("statistics")
     g.add_argument("--bins", type=int, default=64,
@@ -123,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample", type=int, default=0, help="index of the image shown in Fig. 5")
     g.add_argument("--attention-images", type=int, default=32,
                    help="images whose attention is averaged for Fig. 7 (the first N of the split)")
-    g.add_argument("--size", type=size_arg, default=None,
+    g.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize images to HxW before the network (default: as stored)")
     g.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="analysis", help="folder for table1.txt, statistics.json and the PNGs")
+    g.add_argument("--out", default=None,
+                   help="folder for table1.txt, statistics.json and the PNGs (default: <run folder>/analysis when "
+                        "--checkpoint is a run folder, else ./analysis)")
     g.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -144,6 +146,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--dataset {args.dataset} needs --data-root")
     if args.dataset == "folder" and args.checkpoint and not args.image_root:
         p.error("--dataset folder with --checkpoint needs --image-root (the images; --data-root holds the labels)")
+    args.out = default_out(args.out, args.checkpoint, "analysis")
 
 
 def _datasets(args) -> tuple[object, object | None]:
@@ -212,7 +215,7 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict, mod
     with torch.no_grad():
         out = model(sample["image"][None].to(device), sample["row_pos"][None].to(device), return_attention=True)
     path = os.path.join(args.out, FIG5)
-    attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path, seriate=True,
+    attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path,
                      title=f"HANet attention, image {args.sample} ({args.dataset} {args.split})")
     written.append(path)
     arrays = {f"sample_{n}": a[0].float().cpu().numpy() for n, a in out.attention.items()}

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hanet_fast._cli import (check_outputs, error_exit, image_size, parse_args, resolve_device, same_size_batches,
-                             scales_arg, size_arg)
+from hanet_fast._cli import (add_compile_arg, check_outputs, compile_model, error_exit, image_size, parse_args,
+                             resolve_device, same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, DatasetError, EvalTransform, SyntheticUrbanScenes
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output stride (official checkpoints without a saved command need it; ours: override)")
     g.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=list(AMP_MODES), default="off", help="autocast dtype (default: off)")
+    add_compile_arg(g)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=["synthetic", "cityscapes", "bdd100k"], default=None,
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data set root (default: the checkpoint's); cityscapes: holds leftImg8bit/ and gtFine/, "
                         "bdd100k: holds images/10k/ and labels/sem_seg/masks/")
     g.add_argument("--split", default="val", help="split to evaluate (default: val; synthetic: train, val or test)")
-    g.add_argument("--synthetic-size", type=size_arg, default=None,
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=None,
                    help="synthetic scene size HxW (default: the checkpoint's, else 128x256)")
     g.add_argument("--synthetic-val", type=int, default=None,
                    help="number of synthetic scenes (default: the checkpoint's validation count, else 100)")
@@ -359,6 +360,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # Checked now, not after the whole evaluation.
         check_outputs([args.json], flag="--json", overwrite=args.overwrite)
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
+    if args.compile:
+        compile_model(model)
     _resolve_data(args, info, parser)
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)

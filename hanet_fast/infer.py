@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hanet_fast._cli import (HelpFormatter, check_outputs, error_exit, image_size, parse_args, resolve_device,
-                             same_size_batches, scales_arg, size_arg)
+from hanet_fast._cli import (HelpFormatter, add_compile_arg, check_outputs, compile_model, default_out, error_exit,
+                             image_size, parse_args, resolve_device, same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.data.labels import colorize, train_to_label_lut
@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
-    p.add_argument("--out", default="predictions", help="output folder (mirrors the inputs' folder structure)")
+    p.add_argument("--out", default=None,
+                   help="output folder, mirroring the inputs' folder structure (default: <run folder>/predictions "
+                        "when --checkpoint is a run folder, else ./predictions)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace output files left by an earlier run (inputs are never overwritten)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the class colours in the overlay, in [0, 1]")
@@ -155,17 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "<stem>_attention.png (paper Fig. 5)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass; only same-size images share a batch (no padding)")
-    p.add_argument("--size", type=size_arg, default=None,
+    p.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize every image to HxW for the network (outputs keep each image's size; default: "
                         "each image as it is)")
     p.add_argument("--scales", type=scales_arg, default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
     p.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
-    p.add_argument("--window", type=size_arg, default=None,
+    p.add_argument("--window", type=size_arg, metavar="HxW", default=None,
                    help="sliding-window inference with HxW windows (default: the whole image at once)")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window shared by neighbouring windows, in [0, 1) (default: 1/3)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="autocast dtype on the device")
+    add_compile_arg(p)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
@@ -182,6 +185,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.threads < 0:
         p.error(f"--threads must be >= 0, got {args.threads}")
+    args.out = default_out(args.out, args.checkpoint, "predictions")
 
 
 def _normalise(image: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         model, info = load_model(args.checkpoint, device=device)
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
+        if args.compile:
+            compile_model(model)
         to_label = train_to_label_lut() if args.save_labelids else None
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:
@@ -256,7 +262,7 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
         save_png(to_label[pred], base + LABELIDS)
     if attention is not None:
         np.savez_compressed(base + ATTENTION_NPZ, **attention)
-        attention_figure(original, attention, base + ATTENTION_PNG, seriate=True, title=os.path.basename(path))
+        attention_figure(original, attention, base + ATTENTION_PNG, title=os.path.basename(path))
 
 
 @torch.no_grad()

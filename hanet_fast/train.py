@@ -54,12 +54,14 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hanet_fast._cli import resolve_device, size_arg
+from hanet_fast._cli import HelpFormatter, add_compile_arg, compile_model, resolve_device, size_arg
 from hanet_fast.data import (BDD100K, CLASS_NAMES, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
                              SyntheticUrbanScenes, TrainSampler, TrainTransform, class_centroids)
 from hanet_fast.evaluate import accumulate_confusion
 from hanet_fast.inference import amp_context
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
+from hanet_fast.models import HANET_LAYERS
+from hanet_fast.ops import resolve_backend
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.losses import segmentation_loss
 from hanet_fast.training.metrics import format_table, iou_from_confusion
@@ -146,7 +148,7 @@ DEFAULT_PRESET = "synthetic-mobilenet"
 # then decays towards the new end); --data-root may follow data that moved. Any other flag given
 # with --resume that differs from the checkpoint is refused.
 _RESUME_MUTABLE = ("iters", "workers", "no_progress", "cache_dir", "threads", "log_every", "val_every", "ckpt_every",
-                   "num_vis", "deterministic", "data_root")
+                   "num_vis", "deterministic", "data_root", "compile")
 # Settings of one invocation, never taken from the checkpoint.
 _RESUME_FRESH = ("out", "resume", "overwrite", "stop_after", "device")
 # What a run writes into its folder (--overwrite removes the earlier run's copies first).
@@ -169,7 +171,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Flag defaults shown, and the epilog's preset table kept as laid out."""
 
 
@@ -237,11 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
     g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k; preset default: train)")
     g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
-    g.add_argument("--synthetic-size", type=size_arg, default=S, help="synthetic scene size H,W (preset: 128,256)")
+    g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=S, help="synthetic scene size HxW (preset: 128x256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
     g.add_argument("--synthetic-val", type=int, default=S, help="number of synthetic validation scenes (preset: 100)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic scenes")
-    g.add_argument("--crop-size", type=size_arg, default=S, help="training crop H,W (or one size)")
+    g.add_argument("--crop-size", type=size_arg, metavar="HxW", default=S, help="training crop HxW (or one size)")
     g.add_argument("--scale-min", type=float, default=S, help="random scale minimum (paper: 0.5)")
     g.add_argument("--scale-max", type=float, default=S, help="random scale maximum (paper: 2.0)")
     g.add_argument("--color-jitter", type=float, default=S, help="colour jitter: brightness, contrast, saturation and hue strength, in [0, 0.5] (official --color_aug 0.25; 0: off)")
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
-    g.add_argument("--val-size", type=size_arg, default=None, help="resize validation images to H,W (default: as they are)")
+    g.add_argument("--val-size", type=size_arg, metavar="HxW", default=None, help="resize validation images to HxW (default: as they are)")
     g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
@@ -297,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --img-wt-loss: a present class's weight is 1 + wt_bound x (1 - its pixel fraction)")
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off", help="autocast dtype (fp16 uses a GradScaler)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    add_compile_arg(g)
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=S, help="SyncBatchNorm under DDP on GPU")
     g.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=S, help="plain BatchNorm under DDP")
 
@@ -598,6 +601,19 @@ def save_figures(model: nn.Module, dataset, device, args, out: str, writer, step
     net.train(was_training)
 
 
+def announce(args, device: torch.device, net: DeepLabV3PlusHANet, train_set, val_set, world: int, start: int) -> None:
+    """What a run is about to do, printed before its first slow step (the class statistics)."""
+    layers = [name for name, on in zip(HANET_LAYERS, net.config.hanet_layers) if on]
+    backends = sorted({resolve_backend(m.backend, device) for m in net.hanet_modules.values()})
+    hanet = f"HANet {'+'.join(layers)} on the {'/'.join(backends)} backend" if layers else "no HANet (baseline)"
+    print(f"hanet_fast.train: {args.backbone} OS{args.output_stride}, {hanet}; device {device}"
+          f"{f' x {world} processes' if world > 1 else ''}{', torch.compile' if args.compile else ''}\n"
+          f"  data: {args.dataset}, {len(train_set)} training / {len(val_set)} validation images; "
+          f"{args.iters} iterations of batch {args.batch_size}{f', resuming at {start}' if start else ''}\n"
+          f"  run folder: {args.out or 'a new folder under runs/ (created once the data are checked)'}",
+          flush=True)
+
+
 # --------------------------------------------------------------------------- training
 def train(args, given: set[str] | None = None) -> dict:
     """Run the training that ``args`` (from :func:`resolve_args`) describes; returns the final
@@ -660,6 +676,8 @@ def train(args, given: set[str] | None = None) -> dict:
         torch.manual_seed(args.seed + 1000003 * rank)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        compile_model(model)
     net = model
     groups = net.param_groups(args.weight_decay, args.hanet_weight_decay)
     for grp in groups:
@@ -685,11 +703,14 @@ def train(args, given: set[str] | None = None) -> dict:
             print("hanet_fast.train: SyncBatchNorm needs GPUs; using per-process BatchNorm on CPU", file=sys.stderr)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = _unwrap(model)
+    if main:
+        announce(args, device, net, train_set, val_set, world, start)
 
     centroids = None
     if args.class_uniform_pct > 0:
         if main or world == 1:
-            centroids = class_centroids(train_set, args.cache_dir, args.class_uniform_tile or None)
+            centroids = class_centroids(train_set, args.cache_dir, args.class_uniform_tile or None,
+                                        progress=main and not args.no_progress)
         if world > 1:
             holder = [centroids]
             dist.broadcast_object_list(holder, src=0)
@@ -708,6 +729,8 @@ def train(args, given: set[str] | None = None) -> dict:
                 print(f"hanet_fast.train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
             with open(os.path.join(args.out, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1, default=str)
+            print(f"hanet_fast.train: writing to {args.out} (TensorBoard: tensorboard --logdir "
+                  f"{os.path.join(args.out, 'tb')})", flush=True)
         except OSError as e:
             raise RunError(f"cannot write the run folder {args.out or 'runs'}: {e.strerror or e}") from None
     if world > 1:  # every rank must agree on the folder

@@ -5,6 +5,7 @@ expected fields, bad flags fail clearly, and the committed README matches the re
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -64,9 +65,12 @@ def test_smoke_json_has_machine_and_model_rows(smoke):
     assert machine["device_slug"] == "cpu"
     assert list(run["suites"]) == list(bench_run.DEFAULT_ORDER)
     assert run["total_s"] > 0 and run["budget"]["skipped"] == []
+    # The deployment variants run by default: torch.compile in both suites, onnxruntime in the
+    # inference suite where the export extra is installed.
+    deploy = {"train-step": ["compile"], "inference": ["compile"] + (["onnxruntime"] if _export_extra() else [])}
     for suite in ("train-step", "inference"):
         rows = run["suites"][suite]["rows"]
-        assert [r["variant"] for r in rows] == ["none", "fused", "reference"]
+        assert [r["variant"] for r in rows] == ["none", "fused", "reference", *deploy[suite]]
         for r in rows:
             assert MODEL_ROW_FIELDS <= set(r)
             assert r["backbone"] == "mobilenet_v2" and r["ms"] > 0 and r["peak_mb"] is None  # no CPU peak memory
@@ -78,6 +82,17 @@ def test_smoke_json_has_machine_and_model_rows(smoke):
     assert {r["op"] for r in ops_rows} == {"pool", "gate"}
     assert {r["op"] for r in run["suites"]["module"]["rows"]} == {"module"}
     assert all(r["check_ok"] in (True, None) for r in ops_rows)
+
+
+def _export_extra() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def test_smoke_report_compares_the_deployment_variants(smoke):
+    with open(os.path.join(smoke, "results.md")) as f:
+        text = f.read()
+    assert "Deployment: the HANet network (L1-L4) PyTorch eager (fused ops) vs torch.compile" in text
+    assert ("vs onnxruntime" in text) == _export_extra()
 
 
 def test_smoke_csv_matches_json(smoke):

@@ -1,6 +1,7 @@
 """What the ``train-step`` and ``inference`` suites share: the model cases, the variants (no
-HANet, fused kernels, reference backend) built with the same weights, the inputs, and the loop
-that times a case's variants interleaved and turns the times into rows.
+HANet, fused kernels, reference backend, and the deployment variants: the fused network under
+``torch.compile``, or exported to ONNX and run by onnxruntime) built with the same weights, the
+inputs, and the loop that times a case's variants interleaved and turns the times into rows.
 """
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
+import tempfile
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 
@@ -29,8 +33,12 @@ HANET_OFF = (0, 0, 0, 0, 0)
 NUM_CLASSES = 19  # Cityscapes
 # "none" is the network without HANet (the baseline of the overhead); "fused" is the device's
 # first available fused backend (as backend="auto" picks it, regardless of HANET_FAST_BACKEND);
-# any other variant name is a hanet_fast backend used as is (e.g. "triton").
+# "compile" is the fused network under torch.compile (nn.Module.compile); "onnxruntime" is the
+# fused network exported to ONNX (python -m hanet_fast.export) and run by onnxruntime on the CPU
+# (inference only); any other variant name is a hanet_fast backend used as is (e.g. "triton").
 DEFAULT_VARIANTS = ("none", "fused", "reference")
+COMPILED = "compile"
+ONNXRUNTIME = "onnxruntime"
 FUSED_CANDIDATES = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 BASELINE = "none"
 
@@ -66,6 +74,7 @@ class Plan:
     repeats: int
     warmup: int
     headline_repeats: int | None = None
+    extra_variants: tuple[str, ...] = ()  # run by default after DEFAULT_VARIANTS (see variant_backends)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -102,10 +111,31 @@ def plan_cases(ctx: Context, plan: Plan, smoke: Plan) -> list[ModelCase]:
     return cases
 
 
-def variant_backends(ctx: Context) -> dict[str, str | None]:
+def _onnxruntime_missing(device: torch.device) -> str | None:
+    """Why the onnxruntime variant cannot run here, or None."""
+    if device.type != "cpu":
+        return f"it runs onnxruntime's CPU provider, this run is on {device.type}"
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install -e \".[export]\")"
+    return None
+
+
+def variant_backends(ctx: Context, extra: tuple[str, ...] = ()) -> dict[str, str | None]:
     """``{variant: hanet_fast backend}`` (None for the network without HANet), checked up front so
-    that a backend that cannot run here fails with its reason before any model is built."""
+    that a backend that cannot run here fails with its reason before any model is built.
+    ``extra``: the plan's deployment variants, added to the defaults where they can run (the
+    onnxruntime one needs the CPU and the ``export`` extra; the log says when it is left out)."""
     names = parse_list(ctx.args.variants, None, "variants") if ctx.args.variants else list(DEFAULT_VARIANTS)
+    if not ctx.args.variants:
+        for name in extra:
+            why = _onnxruntime_missing(ctx.device) if name == ONNXRUNTIME else None
+            if why is None:
+                names.append(name)
+            else:
+                log(f"  variant {name} left out: {why}")
     if BASELINE not in names:
         raise SystemExit(f"--variants must include {BASELINE!r}: the overhead is measured against it")
     available = available_backends(ctx.device)
@@ -114,7 +144,9 @@ def variant_backends(ctx: Context) -> dict[str, str | None]:
         if name == BASELINE:
             out[name] = None
             continue
-        if name == "fused":
+        if name in ("fused", COMPILED, ONNXRUNTIME):
+            if name == ONNXRUNTIME and _onnxruntime_missing(ctx.device) is not None:
+                raise SystemExit(f"--variants: {ONNXRUNTIME} cannot run here: {_onnxruntime_missing(ctx.device)}")
             candidates = FUSED_CANDIDATES[ctx.device.type]
             backend = next((b for b in candidates if available[b] is None), None)
             if backend is None:
@@ -123,7 +155,8 @@ def variant_backends(ctx: Context) -> dict[str, str | None]:
         else:
             backend = name
             if backend not in BACKENDS:
-                raise SystemExit(f"--variants: unknown {name!r}; choose from none, fused, {', '.join(BACKENDS)}")
+                raise SystemExit(f"--variants: unknown {name!r}; choose from none, fused, {COMPILED}, {ONNXRUNTIME}, "
+                                 f"{', '.join(BACKENDS)}")
             why = available[backend]
             wanted = FUSED_DEVICE.get(backend)
             if why is None and wanted is not None and wanted != ctx.device.type:
@@ -134,9 +167,32 @@ def variant_backends(ctx: Context) -> dict[str, str | None]:
     return out
 
 
+class OnnxRuntimeNetwork(torch.nn.Module):
+    """A network exported to ONNX (:func:`hanet_fast.export.export_onnx`, full-image row
+    positions baked in) and run by onnxruntime on the CPU, called like the network:
+    ``(images, row_pos) -> .logits``. ``row_pos`` must be the full-image positions (as
+    :func:`make_inputs` gives); onnxruntime gets as many threads as torch has."""
+
+    def __init__(self, model: torch.nn.Module, case: ModelCase, path: str) -> None:
+        super().__init__()
+        import onnxruntime
+
+        from hanet_fast.export import export_onnx
+
+        export_onnx(model, path, case.size, batch=case.batch)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def forward(self, images: torch.Tensor, row_pos: torch.Tensor | None = None):
+        (logits,) = self.session.run(None, {"images": images.contiguous().numpy()})
+        return SimpleNamespace(logits=torch.from_numpy(logits))
+
+
 def build_variants(case: ModelCase, backends: dict[str, str | None], device: torch.device) -> dict[str, torch.nn.Module]:
     """One network per variant; all start from the same weights (the HANet variants share their
-    HANet weights, the baseline takes the rest)."""
+    HANet weights, the baseline takes the rest). The ``compile`` variant is compiled in place;
+    the ``onnxruntime`` one is exported to a temporary ONNX file, loaded and the file deleted."""
     models: dict[str, torch.nn.Module] = {}
     state = None
     for name, backend in backends.items():
@@ -151,7 +207,13 @@ def build_variants(case: ModelCase, backends: dict[str, str | None], device: tor
         else:
             own = model.state_dict()
             model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        models[name] = model.to(device=device, memory_format=FORMATS[case.memory_format])
+        model = model.to(device=device, memory_format=FORMATS[case.memory_format])
+        if name == COMPILED:
+            model.compile()
+        elif name == ONNXRUNTIME:
+            with tempfile.TemporaryDirectory(prefix="hanet_fast_bench_") as tmp:
+                model = OnnxRuntimeNetwork(model, case, os.path.join(tmp, "model.onnx"))
+        models[name] = model
     return models
 
 
@@ -178,14 +240,16 @@ def run_cases(
     cases: list[ModelCase],
     make_step: Callable[[ModelCase, torch.nn.Module, tuple], Callable[[], object]],
     first_value: Callable[[Callable[[], object]], float | None],
+    extra_variants: tuple[str, ...] = (),
 ) -> dict:
-    """Time every case's variants interleaved; one row per (case, variant).
+    """Time every case's variants interleaved; one row per (case, variant); ``extra_variants``
+    as :func:`variant_backends` takes them.
 
     ``make_step(case, model, inputs)`` returns the callable timed (a training step or a forward);
     ``first_value(step)`` makes the first, untimed call and returns a number to compare across
     variants (the loss of the first training step), or None."""
     device = ctx.device
-    backends = variant_backends(ctx)
+    backends = variant_backends(ctx, extra_variants)
     if device.type == "cuda":
         # cuDNN picks each convolution's fastest algorithm during the warm-up steps.
         torch.backends.cudnn.benchmark = True

@@ -26,6 +26,7 @@ import json
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from hanet_fast.data.labels import NUM_CLASSES
 
@@ -51,13 +52,16 @@ def _mask_centroids(mask: np.ndarray, tile: int, num_classes: int) -> list[tuple
     return out
 
 
-def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_CLASSES) -> dict[int, list]:
+def compute_centroids(dataset, tile: int | None = None, num_classes: int = NUM_CLASSES,
+                      progress: bool = False) -> dict[int, list]:
     """``{class: [[index, row, col], ...]}`` (integers) over the data set's label maps, from the
-    full ``tile`` x ``tile`` tiles of each map (tile: H // 2 by default)."""
+    full ``tile`` x ``tile`` tiles of each map (tile: H // 2 by default); ``progress``: a tqdm bar
+    on stderr (a first run spends seconds to minutes here)."""
     if tile is not None and tile < 1:
         raise ValueError(f"hanet_fast.data: tile must be >= 1 or None, got {tile}")
     cents: dict[int, list] = {c: [] for c in range(num_classes)}
-    for i in range(len(dataset)):
+    for i in tqdm(range(len(dataset)), desc="class statistics", unit="img", disable=not progress,
+                  dynamic_ncols=True, mininterval=0.5):
         mask = dataset.load_mask(i)
         t = tile or max(1, mask.shape[0] // 2)
         for c, y, x in _mask_centroids(mask, t, num_classes):
@@ -70,8 +74,9 @@ CENTROID_RULE = "official-tiles-v2"
 
 
 def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = None,
-                    num_classes: int = NUM_CLASSES) -> dict[int, list]:
-    """:func:`compute_centroids`, cached in ``cache_dir/centroids/<hash>.json``.
+                    num_classes: int = NUM_CLASSES, progress: bool = False) -> dict[int, list]:
+    """:func:`compute_centroids` (with its ``progress`` bar), cached in
+    ``cache_dir/centroids/<hash>.json``.
 
     The key is the data set's :meth:`cache_key` (for files on disk: every label file's path, size
     and modification time) with the tile, the number of classes and :data:`CENTROID_RULE`, so a
@@ -89,7 +94,7 @@ def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = No
                 return {int(c): v for c, v in data["centroids"].items()}
         except (OSError, ValueError):
             pass
-    cents = compute_centroids(dataset, tile, num_classes)
+    cents = compute_centroids(dataset, tile, num_classes, progress)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from hanet_fast.data.labels import NUM_CLASSES, colorize
+from hanet_fast.data.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize
 from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["denormalize", "prediction_grid", "overlay", "save_png", "pyplot", "seriate_channels",
@@ -25,12 +25,52 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+GRID_COLUMNS = ("image", "ground truth", "prediction")
+_TEXT_ROW = 16  # pixels per line of the default bitmap font (about 11 px high)
+_SWATCH = 11
+
+
+def _text_strip(width: int, lines: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    strip = Image.new("RGB", (width, lines * _TEXT_ROW), (255, 255, 255))
+    return strip, ImageDraw.Draw(strip)
+
+
+def _titles(widths: list[int]) -> np.ndarray:
+    """A white strip with each column's title centred over it."""
+    strip, draw = _text_strip(sum(widths), 1)
+    font = ImageFont.load_default()
+    left = 0
+    for title, width in zip(GRID_COLUMNS, widths):
+        text_width = draw.textlength(title, font=font)
+        draw.text((left + max(0, (width - text_width) / 2), 2), title, fill=(0, 0, 0), font=font)
+        left += width
+    return np.asarray(strip)
+
+
+def class_legend(width: int) -> np.ndarray:
+    """The 19 classes as colour swatches with their names, wrapped to ``width`` pixels."""
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell = int(max(probe.textlength(name, font=font) for name in CLASS_NAMES)) + _SWATCH + 12
+    per_line = max(1, width // cell)
+    strip, draw = _text_strip(width, -(-NUM_CLASSES // per_line))
+    for k, name in enumerate(CLASS_NAMES):
+        x, y = (k % per_line) * cell + 4, (k // per_line) * _TEXT_ROW + 2
+        draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=tuple(int(v) for v in PALETTE[k]),
+                       outline=(0, 0, 0))
+        draw.text((x + _SWATCH + 4, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(strip)
+
+
 def prediction_grid(images, masks, preds) -> np.ndarray:
-    """Rows of ``image | ground truth | prediction`` as one uint8 array."""
+    """Rows of ``image | ground truth | prediction`` under column titles, above a class legend,
+    as one uint8 ``[H, W, 3]`` array."""
     rows = []
     for img, m, p in zip(images, masks, preds):
         rows.append(np.concatenate([denormalize(img), colorize(m.cpu().numpy()), colorize(p.cpu().numpy())], 1))
-    return np.concatenate(rows, 0)
+    grid = np.concatenate(rows, 0)
+    widths = [denormalize(images[0]).shape[1], masks[0].shape[-1], preds[0].shape[-1]] if rows else [0, 0, 0]
+    return np.concatenate([_titles(widths), grid, class_legend(grid.shape[1])], 0)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -75,15 +115,17 @@ def seriate_channels(attention: np.ndarray) -> np.ndarray:
 
 
 def attention_figure(image: torch.Tensor | np.ndarray | None, attention: dict[str, torch.Tensor], path: str, *,
-                     seriate: bool = False, title: str | None = None) -> bool:
+                     title: str | None = None) -> bool:
     """Save paper Fig. 5 for one image: per HANet layer a heat map channel (x) by coarse row
     (y, top row at the top) of the attention ``attention[name]`` (``[C, rows]``), the input
     on the left (a normalised ``[3, H, W]`` tensor or a uint8 ``[H, W, 3]`` array; None: no
-    input panel) and each layer's mean over channels on the right.
+    input panel) and each layer's mean over channels on the right. The one figure of the
+    attention: ``train`` (``runs/<run>/attention.png``), ``infer --attention`` and ``analyze``.
+
+    Channels are sorted by the height they attend to (:func:`seriate_channels`, as the paper
+    clusters them), except L5's, which are the classes and keep their order.
 
     Args:
-        seriate: reorder channels with :func:`seriate_channels` (as the paper clusters them),
-            except L5's, which are the classes and keep their order.
         title: a figure title.
 
     Returns:
@@ -94,7 +136,7 @@ def attention_figure(image: torch.Tensor | np.ndarray | None, attention: dict[st
         return False
     maps = {name: attn.detach().float().cpu().numpy() if torch.is_tensor(attn) else np.asarray(attn, dtype=np.float32)
             for name, attn in attention.items()}
-    ordered = {name: seriate and name != "L5" for name in maps}
+    ordered = {name: name != "L5" for name in maps}
     maps = {name: a[seriate_channels(a)] if ordered[name] else a for name, a in maps.items()}
     first = 1 if image is not None else 0
     ratios = ([2] if image is not None else []) + [1] * (len(maps) + 1)
@@ -121,11 +163,11 @@ def attention_figure(image: torch.Tensor | np.ndarray | None, attention: dict[st
     ax.set_title("mean over channels")
     ax.set_xlabel("attention")
     if maps:
-        ax.legend(fontsize=7)
+        ax.legend(title="layer")
     if im is not None:
         fig.colorbar(im, ax=list(axes[first:-1]), fraction=0.05)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=64)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

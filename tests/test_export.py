@@ -1,0 +1,176 @@
+"""Deployment export (``python -m hanet_fast.export``): the matrix forms of the fused ops, ONNX
+files checked against PyTorch in onnxruntime, and portable ``torch.export`` programs loaded
+where hanet_fast cannot be imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from hanet_fast.export import export_onnx, export_pt2, main
+from hanet_fast.models import HANetConfig, deeplabv3plus
+from hanet_fast.ops import decompose, reference
+from tiny_model import save_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The ONNX exporter needs onnx + onnxscript; checking the file needs onnxruntime.
+onnx = pytest.importorskip("onnx", reason="ONNX export needs the [export] extra")
+pytest.importorskip("onnxscript", reason="ONNX export needs the [export] extra")
+ort = pytest.importorskip("onnxruntime", reason="checking ONNX files needs the [export] extra")
+
+REL_TOL = 1e-4  # logits, relative to their largest magnitude
+ARGMAX_AGREEMENT = 0.9999
+SIZES = ((64, 96), (72, 56))  # one not a multiple of the output stride
+
+
+@pytest.mark.parametrize("height,rows,width", [(3, 16, 5), (17, 16, 4), (7, 4, 3), (64, 16, 2), (1, 1, 1), (5, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matrix_forms_equal_the_reference(height, rows, width, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, height, width, dtype=dtype)
+    attn = torch.rand(2, 3, rows, dtype=dtype)
+    torch.testing.assert_close(decompose.height_pool_avg(x, rows), reference.height_pool(x, rows, "avg"))
+    values, indices = decompose.height_pool_max(x, rows)
+    ref_values, ref_indices = torch.nn.functional.adaptive_max_pool2d(x, (rows, 1), return_indices=True)
+    assert torch.equal(values, ref_values.squeeze(-1)) and torch.equal(indices, ref_indices.squeeze(-1))
+    torch.testing.assert_close(decompose.height_gate(x, attn), reference.height_gate(x, attn))
+
+
+def _model(backbone: str) -> torch.nn.Module:
+    # All five HANet layers, so both poolings (L5 pools with max) are exported; random weights.
+    torch.manual_seed(0)
+    model = deeplabv3plus(backbone, output_stride=16, num_classes=19, hanet_layers=(1, 1, 1, 1, 1),
+                          hanet=HANetConfig(rows=8), aux=False)
+    # Non-trivial BN statistics, so that eval mode differs from training mode.
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    return model.eval()
+
+
+def _torch_logits(model, images: torch.Tensor) -> torch.Tensor:
+    h = images.shape[2]
+    with torch.no_grad():
+        return model(images, (torch.arange(h) / h).expand(images.shape[0], h)).logits
+
+
+def _check_onnx(path: str, model, images: torch.Tensor) -> None:
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": images.numpy()})
+    got = torch.from_numpy(got)
+    want = _torch_logits(model, images)
+    assert got.shape == want.shape
+    rel = float((got - want).abs().max() / want.abs().max())
+    agree = float((got.argmax(1) == want.argmax(1)).double().mean())
+    print(f"{os.path.basename(path)} {tuple(images.shape)}: max relative error {rel:.2e}, argmax agreement {agree:.6f}")
+    assert rel <= REL_TOL
+    assert agree >= ARGMAX_AGREEMENT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_onnx_fixed_size_matches_pytorch(backbone, tmp_path):
+    model = _model(backbone)
+    for size in SIZES:
+        path = export_onnx(model, tmp_path / f"{backbone}-{size[0]}x{size[1]}.onnx", size)
+        onnx.checker.check_model(path)
+        ops = {node.op_type for node in onnx.load(path).graph.node}
+        assert not any(node.domain not in ("", "ai.onnx") for node in onnx.load(path).graph.node), ops
+        _check_onnx(path, model, torch.randn(1, 3, *size))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_onnx_dynamic_matches_pytorch_at_other_sizes(backbone, tmp_path):
+    model = _model(backbone)
+    path = export_onnx(model, tmp_path / f"{backbone}-dynamic.onnx", SIZES[0], dynamic=True)
+    onnx.checker.check_model(path)
+    for batch, size in ((1, SIZES[0]), (2, SIZES[1])):
+        _check_onnx(path, model, torch.randn(batch, 3, *size))
+
+
+# Loads a pt2 file where ``import hanet_fast`` fails, runs it and compares with saved logits.
+_LOAD_WITHOUT_HANET_FAST = textwrap.dedent("""
+    import sys
+    sys.modules["hanet_fast"] = None  # any import of hanet_fast now raises ImportError
+    import torch
+    program = torch.export.load(sys.argv[1])
+    images, want = torch.load(sys.argv[2])
+    got = program.module()(images)
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err <= 1e-5, err
+    print("ok", err)
+""")
+
+
+@pytest.mark.slow
+def test_pt2_portable_loads_without_hanet_fast_and_fused_needs_it(tmp_path):
+    model = _model("mobilenet_v2")
+    images = torch.randn(2, 3, 48, 80)
+    want = _torch_logits(model, images)
+    torch.save((images, want), tmp_path / "io.pt")
+    portable = export_pt2(model, tmp_path / "portable.pt2", (48, 80), dynamic=True)
+    fused = export_pt2(model, tmp_path / "fused.pt2", (48, 80), batch=2, decompose=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_WITHOUT_HANET_FAST)
+    run = subprocess.run([sys.executable, str(script), portable, str(tmp_path / "io.pt")], capture_output=True,
+                         text=True, env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("ok")
+    # The fused program holds hanet_fast:: ops: without hanet_fast it does not load ...
+    run = subprocess.run([sys.executable, str(script), fused, str(tmp_path / "io.pt")], capture_output=True,
+                         text=True, env=env, timeout=600, cwd=tmp_path)
+    assert run.returncode != 0 and "hanet_fast" in run.stderr
+    # ... and with hanet_fast imported (here) it runs the fused kernels.
+    program = torch.export.load(fused)
+    assert any("hanet_fast" in str(n.target) for n in program.graph.nodes if n.op == "call_function")
+    torch.testing.assert_close(program.module()(images), want, rtol=1e-5, atol=1e-5)
+
+
+def _cli(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hanet_fast.export", *argv], capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.mark.slow
+def test_cli_exports_a_run_and_refuses_to_overwrite(tmp_path):
+    checkpoint = save_tiny_checkpoint(tmp_path / "checkpoint.pt")
+    run = _cli(["--checkpoint", str(tmp_path), "--format", "onnx", "--size", "64x64"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    path = tmp_path / "model-64x64.onnx"
+    assert path.is_file() and "wrote" in run.stderr
+    from hanet_fast.inference import load_model
+
+    model, _ = load_model(checkpoint)
+    _check_onnx(str(path), model, torch.randn(1, 3, 64, 64))
+    again = _cli(["--checkpoint", str(tmp_path), "--format", "onnx", "--size", "64x64"])
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--format", "onnx", "--size", "0x4"], "--size"),
+    (["--format", "tflite", "--size", "64x64"], "--format"),
+    (["--format", "onnx", "--size", "64x64", "--pt2-ops", "fused"], "--pt2-ops"),
+    (["--format", "pt2", "--size", "64x64", "--dynamic", "--batch", "2"], "--batch"),
+])
+def test_cli_bad_arguments_exit_2_naming_the_flag(tmp_path, argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path / "nope.pt"), "--format", "pt2", "--size", "32x32",
+              "--out", str(tmp_path / "x.pt2")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "not found" in err and len(err.splitlines()) == 1
