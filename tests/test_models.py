@@ -433,7 +433,7 @@ def test_backbone_output_stride_forward_backward(backbone, output_stride):
     mnasnet = backbone.startswith("mnasnet")
     H, W = (129, 135) if mnasnet else (33, 41)
     images = torch.randn(2, 3, H, W)
-    out = model(images, _row_pos(2, H, top=5, full=80), return_attention=True)
+    out = model(images, _row_pos(2, H, top=5, full=2 * H), return_attention=True)
     halvings = {4: 2, 8: 3, 16: 4, 32: 5}[output_stride]
     stage3 = halvings if spec.family == "mobile" else min(halvings, 4)
     shrink = MNASNET_SHRINK[output_stride] if mnasnet else 0
