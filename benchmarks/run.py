@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.common import REPO_ROOT, Budget, device_slug, load_average, log, machine_info, parse_list  # noqa: E402
 from benchmarks.suites import SUITE_NAMES, Context, inference, ops, train_step  # noqa: E402
+from hanet_fast._cli import DEFAULT_COMPILE_BACKEND, compile_backend  # noqa: E402
 
 # Priority order: the training step's headline case first, the cheap op suites last.
 DEFAULT_ORDER = ("train-step", "inference", "module", "ops")
@@ -95,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "device's fused backend), compile (fused under torch.compile), onnxruntime (fused, exported to ONNX; "
                    "inference on a CPU), or a backend name such as reference or triton (default "
                    "none,fused,reference, then compile, and onnxruntime where it runs)")
+    g.add_argument("--compile-backend", default=DEFAULT_COMPILE_BACKEND, type=compile_backend, help="torch.compile backend of the compile variant "
+                   "(default %(default)s; aot_eager traces without generating code: a quick check, not a speed)")
     g.add_argument("--image-size", default=None, help="HxW for both model suites (default per suite and device)")
     g.add_argument("--batch", type=int, default=None, help="batch size for both model suites (train-step >= 2)")
     args = p.parse_args(argv)

@@ -14,7 +14,8 @@ from PIL import Image
 from hanet_fast.data import DatasetError
 
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
-           "image_size", "same_size_batches", "add_compile_arg", "compile_model", "default_out"]
+           "image_size", "same_size_batches", "add_compile_arg", "compile_backend", "compile_model",
+           "DEFAULT_COMPILE_BACKEND", "default_out"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -196,22 +197,36 @@ def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list
     return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
-COMPILE_HELP = ("torch.compile the whole network (slow first batches while it compiles, then faster; "
-                "checkpoints stay interchangeable with eager runs)")
+COMPILE_HELP = ("torch.compile the whole network with the torch.compile backend BACKEND (default inductor, "
+                "the one that generates fast code; aot_eager only traces, a quick check); slow first batches "
+                "while it compiles, then faster; checkpoints stay interchangeable with eager runs")
+DEFAULT_COMPILE_BACKEND = "inductor"
+
+
+def compile_backend(name: str) -> str:
+    """argparse type of ``--compile``: a backend name ``torch.compile`` knows."""
+    import torch._dynamo  # imported here: only a run that compiles pays for it
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise argparse.ArgumentTypeError(f"unknown torch.compile backend {name!r} (known: {', '.join(known)})")
+    return name
 
 
 def add_compile_arg(group) -> None:
-    """The ``--compile`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for all three)."""
-    group.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    """The ``--compile [BACKEND]`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for
+    all three): absent, ``None`` (eager); bare, :data:`DEFAULT_COMPILE_BACKEND`."""
+    group.add_argument("--compile", nargs="?", const=DEFAULT_COMPILE_BACKEND, default=None, type=compile_backend,
+                       metavar="BACKEND", help=COMPILE_HELP)
 
 
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` ``model`` in place and return it.
+def compile_model(model: torch.nn.Module, backend: str = DEFAULT_COMPILE_BACKEND) -> torch.nn.Module:
+    """``torch.compile`` ``model`` in place with ``backend`` and return it.
 
     ``nn.Module.compile`` compiles the module's forward without wrapping it in an
     ``OptimizedModule``, so ``state_dict()`` keeps its plain keys (no ``_orig_mod.`` prefix) and a
     checkpoint written by a compiled run loads into an eager one and back."""
-    model.compile()
+    model.compile(backend=backend)
     return model
 
 

@@ -361,7 +361,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         check_outputs([args.json], flag="--json", overwrite=args.overwrite)
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
     if args.compile:
-        compile_model(model)
+        compile_model(model, args.compile)
     _resolve_data(args, info, parser)
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
         if args.compile:
-            compile_model(model)
+            compile_model(model, args.compile)
         to_label = train_to_label_lut() if args.save_labelids else None
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:

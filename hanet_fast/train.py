@@ -607,7 +607,7 @@ def announce(args, device: torch.device, net: DeepLabV3PlusHANet, train_set, val
     backends = sorted({resolve_backend(m.backend, device) for m in net.hanet_modules.values()})
     hanet = f"HANet {'+'.join(layers)} on the {'/'.join(backends)} backend" if layers else "no HANet (baseline)"
     print(f"hanet_fast.train: {args.backbone} OS{args.output_stride}, {hanet}; device {device}"
-          f"{f' x {world} processes' if world > 1 else ''}{', torch.compile' if args.compile else ''}\n"
+          f"{f' x {world} processes' if world > 1 else ''}{f', torch.compile ({args.compile})' if args.compile else ''}\n"
           f"  data: {args.dataset}, {len(train_set)} training / {len(val_set)} validation images; "
           f"{args.iters} iterations of batch {args.batch_size}{f', resuming at {start}' if start else ''}\n"
           f"  run folder: {args.out or 'a new folder under runs/ (created once the data are checked)'}",
@@ -677,7 +677,7 @@ def train(args, given: set[str] | None = None) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
-        compile_model(model)
+        compile_model(model, args.compile)
     net = model
     groups = net.param_groups(args.weight_decay, args.hanet_weight_decay)
     for grp in groups:

@@ -438,11 +438,15 @@ def test_compile_matches_eager():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_compile_training_graph_with_autograd():
-    """fullgraph over the training path (dropout, jitter, autograd of the ops), traced by aot_eager."""
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_compile_training_graph_with_autograd(compile_backend, monkeypatch):
+    """fullgraph over the training path (dropout, jitter, autograd of the ops), traced by aot_eager
+    and compiled by inductor (what ``train --compile`` uses), forward and backward; inductor draws
+    its random numbers as eager does (``fallback_random``) so that the two can be compared."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     m = make_module(in_channels=16, out_channels=8, rows=8, dtype=torch.float32, pos_noise=1.0).train()
     x_low, x_high = make_inputs(13, 26, in_channels=16, out_channels=8, dtype=torch.float32)
-    compiled = _compile(m, backend="aot_eager")
+    compiled = _compile(m, backend=compile_backend)
 
     torch.manual_seed(5)
     got = run_with_grads(lambda _m, a, b, p: compiled(a, b, p, return_attention=True), m, x_low, x_high)

@@ -189,9 +189,10 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def build_variants(case: ModelCase, backends: dict[str, str | None], device: torch.device) -> dict[str, torch.nn.Module]:
+def build_variants(case: ModelCase, backends: dict[str, str | None], device: torch.device,
+                   compile_backend: str = "inductor") -> dict[str, torch.nn.Module]:
     """One network per variant; all start from the same weights (the HANet variants share their
-    HANet weights, the baseline takes the rest). The ``compile`` variant is compiled in place;
+    HANet weights, the baseline takes the rest). The ``compile`` variant is compiled in place (with ``compile_backend``);
     the ``onnxruntime`` one is exported to a temporary ONNX file, loaded and the file deleted."""
     models: dict[str, torch.nn.Module] = {}
     state = None
@@ -209,7 +210,7 @@ def build_variants(case: ModelCase, backends: dict[str, str | None], device: tor
             model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         model = model.to(device=device, memory_format=FORMATS[case.memory_format])
         if name == COMPILED:
-            model.compile()
+            model.compile(backend=compile_backend)
         elif name == ONNXRUNTIME:
             with tempfile.TemporaryDirectory(prefix="hanet_fast_bench_") as tmp:
                 model = OnnxRuntimeNetwork(model, case, os.path.join(tmp, "model.onnx"))
@@ -262,7 +263,7 @@ def run_cases(
             continue
         t0 = time.perf_counter()
         try:
-            rows += run_case(case, backends, device, make_step, first_value)
+            rows += run_case(case, backends, device, make_step, first_value, ctx.args.compile_backend)
         except Exception as error:  # one failing case (e.g. out of memory) must not end the run
             failed[what] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             log(f"  {what} failed: {failed[what]}")
@@ -273,7 +274,7 @@ def run_cases(
         log(f"  {what}: {time.perf_counter() - t0:.1f} s (run elapsed {ctx.budget.elapsed():.0f} s)")
     return {
         "config": {"variants": dict(backends), "hanet_layers": list(HANET_ON),
-                   "cudnn_benchmark": device.type == "cuda"},
+                   "cudnn_benchmark": device.type == "cuda", "compile_backend": ctx.args.compile_backend},
         "cases": [dataclasses.asdict(c) for c in cases],
         "failed": failed,
         "rows": rows,
@@ -286,10 +287,11 @@ def run_case(
     device: torch.device,
     make_step: Callable[[ModelCase, torch.nn.Module, tuple], Callable[[], object]],
     first_value: Callable[[Callable[[], object]], float | None],
+    compile_backend: str = "inductor",
 ) -> list[dict]:
     """The rows of one case: build its variants, make the first calls, time them interleaved."""
     inputs = make_inputs(case, device)
-    models = build_variants(case, backends, device)
+    models = build_variants(case, backends, device, compile_backend)
     steps = {name: make_step(case, model, inputs) for name, model in models.items()}
     first: dict[str, float | None] = {}
     first_s: dict[str, float] = {}
