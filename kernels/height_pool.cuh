@@ -263,6 +263,9 @@ template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t gathered(const int64_t* indices, const scalar_t* grads, int64_t first, int64_t end,
                                              int64_t flat) {
   scalar_t value = static_cast<scalar_t>(0);
+  // Not unrolled: it runs for the few vectors an argmax hits, and unrolling it inside the
+  // callers' unrolled loops made the kernels spill (sm_90 report).
+#pragma unroll 1
   for (int64_t bin = first; bin < end; ++bin) {
     if (indices[bin] == flat) value = static_cast<scalar_t>(static_cast<acc_t>(value) + static_cast<acc_t>(grads[bin]));
   }

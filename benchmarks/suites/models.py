@@ -182,6 +182,9 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         export_onnx(model, path, case.size, batch=case.batch)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # Its threads would otherwise spin-wait after each run and slow down whichever variant
+        # the interleaved timing runs next (measured: the no-HANet network 1.7x slower).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def forward(self, images: torch.Tensor, row_pos: torch.Tensor | None = None):
