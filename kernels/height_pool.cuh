@@ -263,9 +263,6 @@ template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ scalar_t gathered(const int64_t* indices, const scalar_t* grads, int64_t first, int64_t end,
                                              int64_t flat) {
   scalar_t value = static_cast<scalar_t>(0);
-  // Not unrolled: it runs for the few vectors an argmax hits, and unrolling it inside the
-  // callers' unrolled loops made the kernels spill (sm_90 report).
-#pragma unroll 1
   for (int64_t bin = first; bin < end; ++bin) {
     if (indices[bin] == flat) value = static_cast<scalar_t>(static_cast<acc_t>(value) + static_cast<acc_t>(grads[bin]));
   }
@@ -300,7 +297,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     scalar_t* out = grad_x + static_cast<index_t>(row * static_cast<index_t>(t.width));
     const index_t step = static_cast<index_t>(t.group * V);
-#pragma unroll 4
+    // Not unrolled: the loop only stores (nothing to keep in flight), and copies of the gather
+    // branch made the 16-bit kernels spill.
+#pragma unroll 1
     for (index_t w = static_cast<index_t>(piece.begin) + static_cast<index_t>(g.lane * V);
          w < static_cast<index_t>(piece.end); w += step) {
       bool hit = many;
@@ -348,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
     const index_t channels = static_cast<index_t>(t.channels);
     scalar_t* out = grad_x + (static_cast<index_t>(pixel_row * static_cast<index_t>(t.width) +
                                                    static_cast<index_t>(piece.w0)) * channels + c);
-#pragma unroll 4
+#pragma unroll 1  // as in max_gather_nchw_kernel
     for (index_t w = static_cast<index_t>(piece.w0); w < static_cast<index_t>(piece.w1); ++w, out += channels) {
       bool hit = many;
 #pragma unroll
