@@ -6,9 +6,10 @@
                                              # recorded results give (a stale README)
 
 The section is generated from ``benchmarks/results/<device>-<date>/results.json`` (written by
-``python benchmarks/run.py``): for every device, its newest recorded run; scratch folders
-(``tmp*``) are ignored. Nothing in the section is typed by hand: edit the generator or record a
-new run. Running it twice gives the same README (it is idempotent).
+``python benchmarks/run.py``): for every device, its newest complete recorded run; scratch
+folders (``tmp*``) and runs of some suites only are ignored. Nothing in the section is typed by
+hand: edit the generator or record a new run. Running it twice gives the same README (it is
+idempotent).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, REPO_ROOT)  # run as a script: make the checkout's ``benchmar
 
 from benchmarks import report  # noqa: E402
 from benchmarks.common import fmt_ms  # noqa: E402
+from benchmarks.suites import SUITE_NAMES  # noqa: E402
 
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -33,7 +35,9 @@ GPU_COMMAND = "python benchmarks/run.py"  # on a GPU machine: every suite, held 
 
 
 def newest_runs(results_dir: str) -> list[tuple[str, dict]]:
-    """``(folder name, results.json)`` of the newest run of every device, sorted by device (CPU first)."""
+    """``(folder name, results.json)`` of the newest complete run (every suite) of every device,
+    sorted by device (CPU first); runs of some suites only are focused measurements that the
+    README links to by hand, not the section's source."""
     newest: dict[str, tuple[str, dict]] = {}
     if not os.path.isdir(results_dir):
         raise SystemExit(f"perf_readme: no results folder {results_dir}")
@@ -43,6 +47,8 @@ def newest_runs(results_dir: str) -> list[tuple[str, dict]]:
             continue
         with open(path) as f:
             run = json.load(f)
+        if set(run["suites"]) != set(SUITE_NAMES):
+            continue
         slug = run["machine"]["device_slug"]
         if slug not in newest or run["machine"]["date"] > newest[slug][1]["machine"]["date"]:
             newest[slug] = (name, run)

@@ -181,6 +181,20 @@ def test_readme_from_a_gpu_run(smoke, tmp_path):
     assert perf_readme.generate(str(results)) == text  # deterministic
 
 
+def test_readme_ignores_newer_runs_of_some_suites_only(smoke, tmp_path):
+    """A newer run of some suites (a focused measurement) does not replace the complete run."""
+    results = tmp_path / "results"
+    shutil.copytree(smoke, results / "cpu-2000-01-01")
+    text = perf_readme.generate(str(results))
+    run = json.loads((results / "cpu-2000-01-01" / "results.json").read_text())
+    run["machine"]["date"] = "2100-01-01T00:00:00+00:00"
+    del run["suites"]["ops"]
+    (results / "cpu-2100-01-01").mkdir()
+    (results / "cpu-2100-01-01" / "results.json").write_text(json.dumps(run))
+    assert [name for name, _ in perf_readme.newest_runs(str(results))] == ["cpu-2000-01-01"]
+    assert perf_readme.generate(str(results)) == text
+
+
 def test_readme_needs_its_markers():
     with pytest.raises(SystemExit, match="perf:begin"):
         perf_readme.render("# no markers\n", "x\n")
