@@ -439,11 +439,19 @@ def test_compile_matches_eager():
 
 
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-def test_compile_training_graph_with_autograd(compile_backend, monkeypatch):
+def test_compile_training_graph_with_autograd(compile_backend):
     """fullgraph over the training path (dropout, jitter, autograd of the ops), traced by aot_eager
     and compiled by inductor (what ``train --compile`` uses), forward and backward; inductor draws
-    its random numbers as eager does (``fallback_random``) so that the two can be compared."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    its random numbers as eager does (``fallback_random``) so that the two can be compared.
+    (torch's own ``config.patch``: monkeypatch of pytest >= 9.2 deletes the setting on undo,
+    which hides it from torch for the rest of the session.)"""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(fallback_random=True):
+        _check_compiled_training(compile_backend)
+
+
+def _check_compiled_training(compile_backend: str) -> None:
     m = make_module(in_channels=16, out_channels=8, rows=8, dtype=torch.float32, pos_noise=1.0).train()
     x_low, x_high = make_inputs(13, 26, in_channels=16, out_channels=8, dtype=torch.float32)
     compiled = _compile(m, backend=compile_backend)
