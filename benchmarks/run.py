@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "device's fused backend), compile (fused under torch.compile), onnxruntime (fused, exported to ONNX; "
                    "inference on a CPU), or a backend name such as reference or triton (default "
                    "none,fused,reference, then compile, and onnxruntime where it runs)")
-    g.add_argument("--compile-backend", default=DEFAULT_COMPILE_BACKEND, type=compile_backend, help="torch.compile backend of the compile variant "
-                   "(default %(default)s; aot_eager traces without generating code: a quick check, not a speed)")
+    g.add_argument("--compile-backend", default=DEFAULT_COMPILE_BACKEND, type=compile_backend,
+                   help="torch.compile backend of the compile variant (default %(default)s; aot_eager traces "
+                        "without generating code: a quick check, not a speed)")
     g.add_argument("--image-size", default=None, help="HxW for both model suites (default per suite and device)")
     g.add_argument("--batch", type=int, default=None, help="batch size for both model suites (train-step >= 2)")
     args = p.parse_args(argv)

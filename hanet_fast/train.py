@@ -606,8 +606,9 @@ def announce(args, device: torch.device, net: DeepLabV3PlusHANet, train_set, val
     layers = [name for name, on in zip(HANET_LAYERS, net.config.hanet_layers) if on]
     backends = sorted({resolve_backend(m.backend, device) for m in net.hanet_modules.values()})
     hanet = f"HANet {'+'.join(layers)} on the {'/'.join(backends)} backend" if layers else "no HANet (baseline)"
+    compiled = f", torch.compile ({args.compile})" if args.compile else ""
     print(f"hanet_fast.train: {args.backbone} OS{args.output_stride}, {hanet}; device {device}"
-          f"{f' x {world} processes' if world > 1 else ''}{f', torch.compile ({args.compile})' if args.compile else ''}\n"
+          f"{f' x {world} processes' if world > 1 else ''}{compiled}\n"
           f"  data: {args.dataset}, {len(train_set)} training / {len(val_set)} validation images; "
           f"{args.iters} iterations of batch {args.batch_size}{f', resuming at {start}' if start else ''}\n"
           f"  run folder: {args.out or 'a new folder under runs/ (created once the data are checked)'}",

@@ -447,17 +447,13 @@ def test_compile_training_graph_with_autograd(compile_backend):
     which hides it from torch for the rest of the session.)"""
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(fallback_random=True):
-        _check_compiled_training(compile_backend)
-
-
-def _check_compiled_training(compile_backend: str) -> None:
     m = make_module(in_channels=16, out_channels=8, rows=8, dtype=torch.float32, pos_noise=1.0).train()
     x_low, x_high = make_inputs(13, 26, in_channels=16, out_channels=8, dtype=torch.float32)
     compiled = _compile(m, backend=compile_backend)
 
-    torch.manual_seed(5)
-    got = run_with_grads(lambda _m, a, b, p: compiled(a, b, p, return_attention=True), m, x_low, x_high)
+    with inductor_config.patch(fallback_random=True):
+        torch.manual_seed(5)
+        got = run_with_grads(lambda _m, a, b, p: compiled(a, b, p, return_attention=True), m, x_low, x_high)
     torch.manual_seed(5)
     want = run_with_grads(module_call, m, x_low, x_high)
     assert_all_close(got[:2], want[:2], rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ import torch
 from benchmarks.common import fmt_ms, log, paired_overhead, parse_list, peak_memory_mb, time_interleaved, time_stats
 from benchmarks.suites import Context
 from benchmarks.suites.ops import FUSED_DEVICE
+from hanet_fast._cli import DEFAULT_COMPILE_BACKEND, compile_model
 from hanet_fast.models import HANetConfig, deeplabv3plus
 from hanet_fast.ops import BACKENDS, available_backends
 
@@ -193,10 +194,11 @@ class OnnxRuntimeNetwork(torch.nn.Module):
 
 
 def build_variants(case: ModelCase, backends: dict[str, str | None], device: torch.device,
-                   compile_backend: str = "inductor") -> dict[str, torch.nn.Module]:
+                   compile_backend: str = DEFAULT_COMPILE_BACKEND) -> dict[str, torch.nn.Module]:
     """One network per variant; all start from the same weights (the HANet variants share their
-    HANet weights, the baseline takes the rest). The ``compile`` variant is compiled in place (with ``compile_backend``);
-    the ``onnxruntime`` one is exported to a temporary ONNX file, loaded and the file deleted."""
+    HANet weights, the baseline takes the rest). The ``compile`` variant is compiled in place
+    with ``compile_backend``, as ``--compile`` does in the CLIs; the ``onnxruntime`` one is
+    exported to a temporary ONNX file, loaded and the file deleted."""
     models: dict[str, torch.nn.Module] = {}
     state = None
     for name, backend in backends.items():
@@ -213,7 +215,7 @@ def build_variants(case: ModelCase, backends: dict[str, str | None], device: tor
             model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         model = model.to(device=device, memory_format=FORMATS[case.memory_format])
         if name == COMPILED:
-            model.compile(backend=compile_backend)
+            compile_model(model, compile_backend)
         elif name == ONNXRUNTIME:
             with tempfile.TemporaryDirectory(prefix="hanet_fast_bench_") as tmp:
                 model = OnnxRuntimeNetwork(model, case, os.path.join(tmp, "model.onnx"))
@@ -290,7 +292,7 @@ def run_case(
     device: torch.device,
     make_step: Callable[[ModelCase, torch.nn.Module, tuple], Callable[[], object]],
     first_value: Callable[[Callable[[], object]], float | None],
-    compile_backend: str = "inductor",
+    compile_backend: str = DEFAULT_COMPILE_BACKEND,
 ) -> list[dict]:
     """The rows of one case: build its variants, make the first calls, time them interleaved."""
     inputs = make_inputs(case, device)
