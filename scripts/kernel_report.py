@@ -4,7 +4,7 @@ code says about how fast it can stream memory.
 
     python scripts/kernel_report.py                        # every kernel; markdown to stdout
     python scripts/kernel_report.py --out benchmarks/results/static-sm90
-    python scripts/kernel_report.py --smoke                # two CUDA kernels, one Triton kernel
+    python scripts/kernel_report.py --smoke                # two CUDA kernels, the two Triton kernels of a pooling forward
 
 CUDA: compiles csrc/cuda/*.cu (every kernel instantiation the extension builds) with
 ``nvcc -arch=sm_90 -cubin -Xptxas -v`` (registers, spills, shared memory), disassembles the
@@ -337,13 +337,21 @@ def triton_variants(smoke: bool) -> list[dict]:
                 R = case.rows
                 sx = _strides(case.low_shape, fmt)
                 is_max = case.pooling == "max"
-                cfg = hp._forward_config(B, C, H, W, R, cl, is_max)
-                blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
-                values = dict(C=C, H=H, W=W, R=R, **dict(zip(("sxb", "sxc", "sxh", "sxw"), sx)))
-                add(f"{case.name} pool_{case.pooling}_fwd {dtype} {fmt}", hp._pool_max_kernel if is_max else
-                    hp._pool_avg_kernel, dtype, values, {"x_ptr": f"*{t}", "out_ptr": f"*{t}", "idx_ptr": "*i64"},
-                    dict(IS_FP64=False, **blocks), cfg["num_warps"], hp._forward_grid(B, C, R, cfg)[0], (1, 0),
-                    case.name)
+                rows_cfg, bins_cfg = hp._forward_config(B, C, H, W, R, cl, is_max, ELEMENT_BYTES[dtype])
+                S = triton.cdiv(W, rows_cfg["SEG_W"])
+                values = dict(C=C, H=H, W=W, ROWS=rows_cfg["ROWS"], SEG_W=rows_cfg["SEG_W"], S=S,
+                              **dict(zip(("sxb", "sxc", "sxh", "sxw"), sx)))
+                blocks = dict(BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"])
+                pointers = {"x_ptr": f"*{t}", "sums_ptr": f"*{acc}", "best_ptr": f"*{acc}", "col_ptr": "*i32"}
+                add(f"{case.name} pool_{case.pooling}_fwd(rows) {dtype} {fmt}",
+                    hp._rows_max_kernel if is_max else hp._rows_avg_kernel, dtype, values, pointers,
+                    dict(IS_FP64=False, **blocks), rows_cfg["num_warps"], hp._rows_grid(B, C, H, W, rows_cfg)[0],
+                    (1, 0), case.name)
+                add(f"{case.name} pool_{case.pooling}_fwd(bins) {dtype} {fmt}", hp._bins_kernel, dtype,
+                    dict(C=C, H=H, W=W, R=R, S=S),
+                    {"sums_ptr": f"*{acc}", "col_ptr": "*i32", "out_ptr": f"*{t}", "idx_ptr": "*i64"},
+                    dict(IS_MAX=is_max, IS_FP64=False, BLOCK_C=bins_cfg["BLOCK_C"], BLOCK_K=bins_cfg["BLOCK_K"]),
+                    bins_cfg["num_warps"], hp._bins_grid(B, C, R, bins_cfg)[0], (1, 0), case.name)
                 if smoke:
                     return out
                 configs = ELEMENTWISE_NHWC_CONFIGS if cl else ELEMENTWISE_NCHW_CONFIGS
@@ -490,7 +498,7 @@ def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--smoke", action="store_true", help="two CUDA kernels and one Triton kernel (a check, in seconds)")
+    p.add_argument("--smoke", action="store_true", help="two CUDA kernels and the two Triton kernels of a pooling forward (a check, in seconds)")
     p.add_argument("--out", default=None, help="folder for report.md and report.json (created; files overwritten "
                    "only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace report.md / report.json in --out")

@@ -145,12 +145,21 @@ def test_kernels_compile_for_sm90():
             unit_stride = {"sxc": 1} if channels_last else {"sxw": 1}
             for C, H, W, R in shapes:
                 ones = {k: 1 for k, v in dict(C=C, H=H, W=W, R=R).items() if v == 1}
-                for is_max, kernel in ((False, hp._pool_avg_kernel), (True, hp._pool_max_kernel)):
-                    cfg = hp._forward_config(2, C, H, W, R, channels_last, is_max)
-                    pointers = {"x_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "idx_ptr": "*i64"}
-                    blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
-                    constants = dict(IS_FP64=fp64, **blocks, **unit_stride, **ones)
-                    _compile_for_sm90(kernel, pointers, constants, cfg["num_warps"])
+                for is_max, kernel in ((False, hp._rows_avg_kernel), (True, hp._rows_max_kernel)):
+                    size = {"fp32": 4, "fp64": 8, "bf16": 2}[dtype]
+                    rows_cfg, bins_cfg = hp._forward_config(2, C, H, W, R, channels_last, is_max, size)
+                    S = triton.cdiv(W, rows_cfg["SEG_W"])
+                    pointers = {"x_ptr": f"*{dtype}", "sums_ptr": f"*{acc}", "best_ptr": f"*{acc}", "col_ptr": "*i32"}
+                    split = dict(ROWS=rows_cfg["ROWS"], SEG_W=rows_cfg["SEG_W"], S=S)
+                    constants = dict(IS_FP64=fp64, BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
+                                     **{k: 1 for k, v in split.items() if v == 1}, **unit_stride,
+                                     **{k: v for k, v in ones.items() if k != "R"})
+                    _compile_for_sm90(kernel, pointers, constants, rows_cfg["num_warps"])
+                    pointers = {"sums_ptr": f"*{acc}", "col_ptr": "*i32", "out_ptr": f"*{dtype}", "idx_ptr": "*i64"}
+                    blocks = {k: v for k, v in bins_cfg.items() if k != "num_warps"}
+                    constants = dict(IS_MAX=is_max, IS_FP64=fp64, **blocks, **({"S": 1} if S == 1 else {}),
+                                     **{k: 1 for k, v in dict(C=C, H=H, W=W, R=R).items() if v == 1})
+                    _compile_for_sm90(hp._bins_kernel, pointers, constants, bins_cfg["num_warps"])
                 configs = ELEMENTWISE_NHWC_CONFIGS if channels_last else ELEMENTWISE_NCHW_CONFIGS
                 for config in (configs[0], configs[-1]):
                     for is_max in (False, True):

@@ -39,8 +39,14 @@ except (ImportError, AttributeError):  # older triton
 
     INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
 
-# Programs a reduction kernel should launch at least to fill a GPU (132 SMs on an H100).
-TARGET_PROGRAMS = 1024
+# Programs a streaming reduction should launch at least: 4 waves of 16 resident 4-warp programs
+# on each of 132 SMs (H100 / H200 SXM), so that the last, partial wave costs little. A constant,
+# not the GPU's SM count: the launch settings decide the summation order, which must not
+# depend on the GPU (DESIGN §1: bitwise-identical results).
+STREAMING_PROGRAMS = 4 * 16 * 132
+# A row is split into segments of at least this many columns: each segment adds one
+# accumulator (4 or 8 bytes) per channel to the traffic, at most 1/16 of what x costs.
+MIN_SEGMENT_COLUMNS = 64
 
 _ACCUMULATES_IN_FLOAT64 = {torch.float64}
 
@@ -51,17 +57,19 @@ if INTERPRETED:
         triton.Config(dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8), num_warps=1)
     ]
 else:
-    # Elements per thread: 2 to 4 in the first ones (16 bytes of float32), 8 in the last ones
-    # (16 bytes of a 16-bit dtype: what it takes for 128-bit accesses in bf16 / fp16).
+    # Elements per thread: 2 to 4 in the first ones (16 bytes of float32), 8 next (16 bytes of a
+    # 16-bit dtype: what it takes for 128-bit accesses in bf16 / fp16), 16 and 32 in the last
+    # ones, which spread a program's index math (a few hundred instructions) over more elements.
     ELEMENTWISE_NCHW_CONFIGS = [
         triton.Config(dict(BLOCK_C=1, BLOCK_H=bh, BLOCK_W=bw), num_warps=nw)
         for bh, bw, nw in ((1, 256, 4), (2, 128, 4), (4, 128, 4), (8, 64, 4), (16, 32, 4), (4, 256, 8), (8, 128, 8),
-                           (8, 128, 4), (4, 256, 4), (16, 64, 4))
+                           (8, 128, 4), (4, 256, 4), (16, 64, 4), (16, 128, 4), (8, 256, 4), (32, 128, 4),
+                           (16, 256, 4))
     ]
     ELEMENTWISE_NHWC_CONFIGS = [
         triton.Config(dict(BLOCK_C=bc, BLOCK_H=1, BLOCK_W=bw), num_warps=nw)
         for bc, bw, nw in ((32, 16, 4), (64, 8, 4), (64, 16, 4), (128, 4, 4), (128, 8, 8), (256, 4, 8),
-                           (128, 8, 4), (256, 4, 4))
+                           (128, 8, 4), (256, 4, 4), (128, 16, 4), (64, 32, 4), (256, 16, 4), (128, 32, 4))
     ]
 
 

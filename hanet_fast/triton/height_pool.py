@@ -9,13 +9,17 @@ Kernels take element strides, so NCHW, channels_last, any other strides and stri
 (expanded) gradients are read in place, without copies. Outputs follow
 :mod:`hanet_fast.ops.layout`.
 
-* forward (one kernel per mode): a program owns ``BLOCK_C`` channels of one batch and
-  ``BLOCK_R`` consecutive bins; it walks the rows those bins cover once, reduces each row
-  over the width in ``[BLOCK_C, BLOCK_W]`` tiles, and adds the row's result to every bin
-  of its block that contains the row. x is read once (a row shared by two bins of
-  different programs, when ``H % R != 0``, is read by both). Max keeps, per row and per
-  bin, the PyTorch rule: a later value wins if larger or NaN, so NaN propagates and ties
-  keep the first position; the argmax is the flat index ``h * W + w``.
+* forward, two kernels. The row kernel (one per mode) reduces rows of x over a segment of
+  their columns in ``[BLOCK_C, BLOCK_W]`` tiles: a program owns ``BLOCK_C`` channels of
+  ``ROWS`` rows over ``SEG_W`` columns, so that large maps give many programs whatever B, C
+  and R are. Its results go to a small workspace ``[B, H, S, C]`` (float32 / float64 sums;
+  max: the value and its column), ``S = ceil(W / SEG_W)`` results per row, 1/W to S/W of
+  x. The bin kernel then reduces each bin's rows and segments, which lie next to each other
+  in the order of x's elements. x is read exactly once. Max keeps the PyTorch rule: a later
+  value wins if larger or NaN, so NaN propagates (the last NaN's position) and ties keep the
+  first position; the argmax is the flat index ``h * W + w``. The settings come from the
+  shape and dtype alone (never the GPU), so the summation order and every bit of the result
+  are the same on every GPU.
 * backward (one kernel per mode): every element of ``grad_x`` is written once, gathered
   from the bins that contain its row (avg: ``grad_z / (rows_i * W)``; max: ``grad_z`` of
   the bins whose argmax it is, in bin order): no atomics, no zero fill.
@@ -34,8 +38,8 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
-    channel_block_program,
-    TARGET_PROGRAMS,
+    MIN_SEGMENT_COLUMNS,
+    STREAMING_PROGRAMS,
     bin_end,
     bin_start,
     divide,
@@ -51,143 +55,231 @@ from hanet_fast.triton._common import (
 
 # ============================================================================= forward
 @triton.jit
-def _pool_program(pid, C, H, R, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
-    """What program ``pid`` pools (all int64): its batch ``b``, channels ``cs`` and bins ``rs``
-    with their masks, each bin's rows ``[starts, ends)``, and ``[h_lo, h_hi)``, the rows all
-    of its bins cover."""
-    b, cs, rs, r_first = channel_block_program(pid, C, R, BLOCK_C, BLOCK_R)
-    r_last = tl.minimum(r_first + BLOCK_R, R) - 1
-    return (b, cs, rs, cs < C, rs < R, bin_start(rs, R, H), bin_end(rs, R, H), bin_start(r_first, R, H),
-            bin_end(r_last, R, H))
+def _row_segment_program(pid, C, H, W, ROWS, SEG_W, S, BLOCK_C: tl.constexpr):
+    """What program ``pid`` of the row kernels reduces (int32; the grid and the sizes are
+    below 2**31): batch ``b``, channels ``cs`` and their mask, rows ``[h_lo, h_hi)``, columns
+    ``[w_lo, w_hi)`` and their segment ``s``. Segments vary fastest, then row blocks."""
+    s = pid % S
+    rest = pid // S
+    n_hb = tl.cdiv(H, ROWS)
+    h_lo = (rest % n_hb) * ROWS
+    rest = rest // n_hb
+    n_cb = tl.cdiv(C, BLOCK_C)
+    cs = (rest % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    b = rest // n_cb
+    w_lo = s * SEG_W
+    h_hi = tl.minimum(h_lo + ROWS, H)
+    # Rows as int64: the loops over them compute x's offsets from them.
+    return b, cs, cs < C, h_lo.to(tl.int64), h_hi.to(tl.int64), w_lo, tl.minimum(w_lo + SEG_W, W), s
 
 
 @triton.jit
-def _pool_avg_kernel(
-    x_ptr, out_ptr,
-    C, H, W, R,
+def _rows_avg_kernel(
+    x_ptr, sums_ptr,
+    C, H, W, ROWS, SEG_W, S,
     sxb, sxc, sxh, sxw,
-    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
+    """sums[b, h, s, c] = sum of x[b, c, h, w] over the columns w of segment s."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    pid = tl.program_id(0).to(tl.int64)
-    b, cs, rs, c_mask, r_mask, starts, ends, h_lo, h_hi = _pool_program(pid, C, H, R, BLOCK_C, BLOCK_R)
-
-    row_base = x_ptr + b * sxb + cs[:, None] * sxc  # [BLOCK_C, 1]
-    w_offsets = tl.arange(0, BLOCK_W).to(tl.int64)
-    acc = tl.zeros([BLOCK_C, BLOCK_R], dtype=ACC)
-    for h in range(h_lo, h_hi):
-        tile = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
-        for w0 in range(0, W, BLOCK_W):
-            ws = w0 + w_offsets
-            mask = c_mask[:, None] & (ws < W)[None, :]
-            tile += tl.load(row_base + h * sxh + ws[None, :] * sxw, mask=mask, other=0.0).to(ACC)
-        row = tl.sum(tile, axis=1)  # [BLOCK_C]
-        in_bin = (starts <= h) & (h < ends)  # [BLOCK_R]
-        acc += tl.where(in_bin[None, :], row[:, None], 0.0)
-
-    count = ((ends - starts) * W).to(ACC)
-    count = tl.where(r_mask, count, 1.0)
-    mean = divide(acc, count[None, :] + tl.zeros([BLOCK_C, BLOCK_R], dtype=ACC), IS_FP64)
-    out_offsets = (b * C + cs[:, None]) * R + rs[None, :]
-    tl.store(out_ptr + out_offsets, mean.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & r_mask[None, :])
-
-
-@triton.jit
-def _pool_max_kernel(
-    x_ptr, out_ptr, idx_ptr,
-    C, H, W, R,
-    sxb, sxc, sxh, sxw,
-    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    pid = tl.program_id(0).to(tl.int64)
-    b, cs, rs, c_mask, r_mask, starts, ends, h_lo, h_hi = _pool_program(pid, C, H, R, BLOCK_C, BLOCK_R)
-
-    row_base = x_ptr + b * sxb + cs[:, None] * sxc
+    b, cs, c_mask, h_lo, h_hi, w_lo, w_hi, s = _row_segment_program(tl.program_id(0), C, H, W, ROWS, SEG_W, S, BLOCK_C)
+    plane = x_ptr + b.to(tl.int64) * sxb + cs.to(tl.int64)[:, None] * sxc  # [BLOCK_C, 1]
+    out = sums_ptr + (b.to(tl.int64) * H * S + s) * C + cs  # row h at + h * S * C
     w_offsets = tl.arange(0, BLOCK_W)
-    best = tl.full([BLOCK_C, BLOCK_R], float("-inf"), ACC)
-    best_idx = tl.zeros([BLOCK_C, BLOCK_R], dtype=tl.int64) + (starts * W)[None, :]
     for h in range(h_lo, h_hi):
+        row = plane + h * sxh
+        tile = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
+        for w0 in range(w_lo, w_hi, BLOCK_W):
+            ws = w0 + w_offsets
+            mask = c_mask[:, None] & (ws < w_hi)[None, :]
+            tile += tl.load(row + ws.to(tl.int64)[None, :] * sxw, mask=mask, other=0.0).to(ACC)
+        tl.store(out + h * S * C, tl.sum(tile, axis=1), mask=c_mask)
+
+
+@triton.jit
+def _first_max(values, positions, NONE):
+    """Along axis 1: the maximum of ``values`` and its lowest position, or, where there is a
+    NaN, NaN and the highest position holding one (PyTorch's max pooling). Slots without a
+    value hold position ``NONE`` and ``-inf``. The rule is associative and does not depend on
+    the order of the slots, only on their positions."""
+    nan = values != values
+    last_nan = tl.max(tl.where(nan, positions, -1), axis=1)
+    numbers = tl.where(nan, float("-inf"), values)
+    best = tl.max(numbers, axis=1)
+    first = tl.min(tl.where(numbers == best[:, None], positions, NONE), axis=1)
+    # The value at `first` itself: -0.0 == +0.0, and the first of them is the maximum.
+    best = tl.max(tl.where(positions == first[:, None], numbers, float("-inf")), axis=1)
+    return tl.where(last_nan >= 0, float("nan"), best), tl.where(last_nan >= 0, last_nan, first)
+
+
+@triton.jit
+def _rows_max_kernel(
+    x_ptr, best_ptr, col_ptr,
+    C, H, W, ROWS, SEG_W, S,
+    sxb, sxc, sxh, sxw,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """best[b, h, s, c], col[b, h, s, c]: the maximum of row h over segment s and its first
+    column (or the last NaN's)."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    b, cs, c_mask, h_lo, h_hi, w_lo, w_hi, s = _row_segment_program(tl.program_id(0), C, H, W, ROWS, SEG_W, S, BLOCK_C)
+    plane = x_ptr + b.to(tl.int64) * sxb + cs.to(tl.int64)[:, None] * sxc
+    out = (b.to(tl.int64) * H * S + s) * C + cs
+    w_offsets = tl.arange(0, BLOCK_W)
+    for h in range(h_lo, h_hi):
+        row = plane + h * sxh
         # Each tile slot keeps the scan's winner of the columns it sees (a later value wins when
-        # larger or NaN; its columns only grow), then the slots are combined once per row by the
-        # same rule, which is associative: the row's maximum and first position, or last NaN.
+        # larger or NaN; its columns only grow); the slots are combined once per row.
         run = tl.full([BLOCK_C, BLOCK_W], float("-inf"), ACC)
         run_w = tl.full([BLOCK_C, BLOCK_W], W, tl.int32)  # W: no column yet (masked slots keep it)
-        for w0 in range(0, W, BLOCK_W):
-            ws = (w0 + w_offsets)[None, :]  # [1, BLOCK_W], int32: a column
-            mask = c_mask[:, None] & (ws < W)
-            v = tl.load(row_base + h * sxh + ws.to(tl.int64) * sxw, mask=mask, other=float("-inf")).to(ACC)
+        for w0 in range(w_lo, w_hi, BLOCK_W):
+            ws = (w0 + w_offsets)[None, :]
+            mask = c_mask[:, None] & (ws < w_hi)
+            v = tl.load(row + ws.to(tl.int64) * sxw, mask=mask, other=float("-inf")).to(ACC)
             take = (v > run) | (v != v) | (mask & (run_w == W))  # a slot's first column is taken even if -inf
             run = tl.where(take, v, run)
             run_w = tl.where(take, ws, run_w)
         if BLOCK_W == 1:
             row_best = tl.reshape(run, [BLOCK_C])
-            row_arg = tl.reshape(run_w, [BLOCK_C])
+            row_col = tl.reshape(run_w, [BLOCK_C])
         else:
-            nan = run != run
-            last_nan = tl.max(tl.where(nan, run_w, -1), axis=1)
-            numbers = tl.where(nan, float("-inf"), run)
-            row_max = tl.max(numbers, axis=1)
-            first_max = tl.min(tl.where(numbers == row_max[:, None], run_w, W), axis=1)
-            # The value at first_max itself: -0.0 == +0.0, and the first of them is the maximum.
-            row_max = tl.max(tl.where(run_w == first_max[:, None], numbers, float("-inf")), axis=1)
-            row_best = tl.where(last_nan >= 0, float("nan"), row_max)
-            row_arg = tl.where(last_nan >= 0, last_nan, first_max)
-        in_bin = (starts <= h) & (h < ends)
-        take = in_bin[None, :] & ((row_best[:, None] > best) | (row_best != row_best)[:, None])
-        best = tl.where(take, row_best[:, None], best)
-        best_idx = tl.where(take, h * W + row_arg.to(tl.int64)[:, None], best_idx)
+            row_best, row_col = _first_max(run, run_w, W)
+        row_out = out + h * S * C
+        tl.store(best_ptr + row_out, row_best, mask=c_mask)
+        tl.store(col_ptr + row_out, row_col, mask=c_mask)
 
-    out_offsets = (b * C + cs[:, None]) * R + rs[None, :]
-    mask = c_mask[:, None] & r_mask[None, :]
-    tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(idx_ptr + out_offsets, best_idx, mask=mask)
+
+@triton.jit
+def _bins_kernel(
+    sums_ptr, col_ptr, out_ptr, idx_ptr,
+    C, H, W, R, S,
+    IS_MAX: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[b, c, r] from the row results of bin r: their mean, or their maximum and its flat
+    index. The (row, segment) results of a bin lie at consecutive k = h * S + s, in the order
+    of x's elements, and are read BLOCK_K at a time."""
+    ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0)
+    r = pid % R
+    rest = pid // R
+    n_cb = tl.cdiv(C, BLOCK_C)
+    cs = (rest % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    b = rest // n_cb
+    c_mask = cs < C
+    start = bin_start(r.to(tl.int64), R, H)
+    end = bin_end(r.to(tl.int64), R, H)
+    plane = b.to(tl.int64) * H * S * C + cs[:, None]  # [BLOCK_C, 1]
+    k_offsets = tl.arange(0, BLOCK_K)
+    if IS_MAX:
+        best = tl.full([BLOCK_C], float("-inf"), ACC)
+        best_idx = tl.zeros([BLOCK_C], dtype=tl.int64) + start.to(tl.int64) * W
+    else:
+        acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for k0 in range(start * S, end * S, BLOCK_K):
+        ks = k0 + k_offsets
+        mask = c_mask[:, None] & (ks < end * S)[None, :]
+        offsets = plane + ks.to(tl.int64)[None, :] * C
+        if IS_MAX:
+            v = tl.load(sums_ptr + offsets, mask=mask, other=float("-inf"))
+            col = tl.load(col_ptr + offsets, mask=mask, other=0)
+            flat = (ks // S).to(tl.int64)[None, :] * W + col.to(tl.int64)
+            none = (tl.zeros([BLOCK_C, BLOCK_K], dtype=tl.int64) + H) * W  # past every flat index
+            chunk_best, chunk_idx = _first_max(v, tl.where(mask, flat, none), none)
+            # Chunks come in the order of x: a later one wins only when larger or NaN.
+            take = (chunk_best > best) | (chunk_best != chunk_best)
+            best = tl.where(take, chunk_best, best)
+            best_idx = tl.where(take, chunk_idx, best_idx)
+        else:
+            acc += tl.sum(tl.load(sums_ptr + offsets, mask=mask, other=0.0), axis=1)
+    out_offsets = (b.to(tl.int64) * C + cs) * R + r
+    if IS_MAX:
+        tl.store(out_ptr + out_offsets, best.to(out_ptr.dtype.element_ty), mask=c_mask)
+        tl.store(idx_ptr + out_offsets, best_idx, mask=c_mask)
+    else:
+        count = ((end - start).to(ACC) * W) + tl.zeros([BLOCK_C], dtype=ACC)
+        mean = divide(acc, count, IS_FP64)
+        tl.store(out_ptr + out_offsets, mean.to(out_ptr.dtype.element_ty), mask=c_mask)
 
 
 def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool, is_max: bool,
-                    element_size: int = 4) -> dict:
-    """Launch settings of the forward kernels: a fixed rule of the shape (they reduce)."""
-    if INTERPRETED:
-        return dict(BLOCK_C=4, BLOCK_W=1 if (channels_last and is_max) else 8, BLOCK_R=pow2(R, 8), num_warps=1)
-    if channels_last and is_max:
-        # One column at a time, channels across the threads, 16 bytes of them per thread: each
-        # slot's running maximum is the row's (no reduction across W), and no warp waits on another.
-        block_c = pow2(C, 512)
-        block_w = 1
-        num_warps = max(1, min(8, block_c * element_size // (16 * 32)))
-    else:
-        tile = 512 if is_max else 1024  # max keeps a value and an index per element
-        if channels_last:  # channels are contiguous: wide in C, a few columns at a time
-            block_c = pow2(C, 128)
-            block_w = pow2(W, max(1, tile // block_c))
-        else:  # columns are contiguous: wide in W, a few channels (rows of x) at a time
-            block_w = pow2(W, 256)
-            block_c = pow2(C, max(1, tile // block_w))
-        num_warps = 4 if block_c * block_w <= 1024 else 8
-    # Bins per program: all of them (x read exactly once) unless that leaves too few programs.
-    block_r = pow2(R, 32)
-    while block_r > 1 and B * triton.cdiv(C, block_c) * triton.cdiv(R, block_r) < TARGET_PROGRAMS:
-        block_r //= 2
-    return dict(BLOCK_C=block_c, BLOCK_W=block_w, BLOCK_R=block_r, num_warps=num_warps)
+                    element_size: int) -> tuple[dict, dict]:
+    """Launch settings of the two forward kernels (rows, bins): a fixed rule of the shape and
+    dtype, never of the GPU, so that the summation order, and with it every bit of the
+    result, is the same on every GPU."""
+    if INTERPRETED:  # small blocks, row blocks and segments, so that the test shapes cross every edge
+        rows = dict(BLOCK_C=4, BLOCK_W=4, ROWS=4, SEG_W=12, num_warps=1)
+        return rows, dict(BLOCK_C=4, BLOCK_K=8, num_warps=1)
+    vector = max(1, 16 // element_size)  # elements of a 16-byte access
+    tile = 128 * vector * (1 if is_max else 2)  # per 4-warp program: max keeps a value and a column
+    if channels_last:  # channels are contiguous: at least 64 bytes of them, a few columns at a time
+        block_c = pow2(C, max(64 // element_size, tile // 8))
+        block_w = pow2(W, max(1, tile // block_c))
+    else:  # columns are contiguous: wide in W, a few rows of x (channels) at a time
+        block_w = pow2(W, 32 * vector)
+        block_c = pow2(C, max(1, tile // block_w))
+    rows, seg_w = H, triton.cdiv(W, block_w) * block_w
+
+    def programs() -> int:
+        return B * triton.cdiv(C, block_c) * triton.cdiv(H, rows) * triton.cdiv(W, seg_w)
+
+    # Enough programs to fill the GPU several times over: fewer rows per program first, then
+    # (channels_last) fewer channels, then segments of at least MIN_SEGMENT_BYTES of a row.
+    while programs() < STREAMING_PROGRAMS and rows > 1:
+        rows = triton.cdiv(rows, 2)
+    while programs() < STREAMING_PROGRAMS and channels_last and block_c * element_size > 64 and block_w < W:
+        block_c //= 2
+        block_w *= 2
+    while programs() < STREAMING_PROGRAMS and seg_w >= 2 * max(block_w, MIN_SEGMENT_COLUMNS):
+        seg_w = triton.cdiv(triton.cdiv(seg_w, 2), block_w) * block_w
+    rows_cfg = dict(BLOCK_C=block_c, BLOCK_W=block_w, ROWS=rows, SEG_W=seg_w, num_warps=4)
+    return rows_cfg, dict(BLOCK_C=pow2(C, 32), BLOCK_K=64, num_warps=4)
 
 
-def _forward_grid(B, C, R, cfg):
-    return (B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(R, cfg["BLOCK_R"]),)
+def _rows_grid(B: int, C: int, H: int, W: int, cfg: dict) -> tuple[int]:
+    return (B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(H, cfg["ROWS"]) * triton.cdiv(W, cfg["SEG_W"]),)
+
+
+def _bins_grid(B: int, C: int, R: int, cfg: dict) -> tuple[int]:
+    return (B * triton.cdiv(C, cfg["BLOCK_C"]) * R,)
+
+
+def _pool_forward(x: torch.Tensor, rows: int, is_max: bool):
+    """(out, indices or None) by the row kernel and the bin kernel."""
+    B, C, H, W = x.shape
+    out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
+    indices = torch.empty((B, C, rows), dtype=torch.int64, device=x.device) if is_max else None
+    if out.numel() == 0:
+        return out, indices
+    rows_cfg, bins_cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max, x.element_size())
+    S = triton.cdiv(W, rows_cfg["SEG_W"])
+    acc_dtype = torch.float64 if is_fp64(x) else torch.float32
+    # The row results, [B, H, S, C]: 1/W of x (S/W with segments), channels contiguous for the bin kernel.
+    sums = torch.empty((B, H, S, C), dtype=acc_dtype, device=x.device)
+    cols = torch.empty((B, H, S, C), dtype=torch.int32, device=x.device) if is_max else sums
+    with on_device_of(x):
+        if is_max:
+            wrap_triton(_rows_max_kernel)[_rows_grid(B, C, H, W, rows_cfg)](
+                x, sums, cols, C, H, W, rows_cfg["ROWS"], rows_cfg["SEG_W"], S, *strides4(x),
+                IS_FP64=is_fp64(x), BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
+                num_warps=rows_cfg["num_warps"],
+            )
+        else:
+            wrap_triton(_rows_avg_kernel)[_rows_grid(B, C, H, W, rows_cfg)](
+                x, sums, C, H, W, rows_cfg["ROWS"], rows_cfg["SEG_W"], S, *strides4(x),
+                IS_FP64=is_fp64(x), BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
+                num_warps=rows_cfg["num_warps"],
+            )
+        wrap_triton(_bins_kernel)[_bins_grid(B, C, rows, bins_cfg)](
+            sums, cols, out, indices if is_max else out, C, H, W, rows, S,
+            IS_MAX=is_max, IS_FP64=is_fp64(x), **bins_cfg,
+        )
+    return out, indices
 
 
 @triton_op("hanet_fast::height_pool_avg_triton", mutates_args=(), schema="(Tensor x, int rows) -> Tensor")
 def height_pool_avg_triton(x: torch.Tensor, rows: int) -> torch.Tensor:
     _validate.check_height_pool(x, rows)
-    B, C, H, W = x.shape
-    out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
-    if out.numel() == 0:
-        return out
-    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=False)
-    with on_device_of(x):
-        wrap_triton(_pool_avg_kernel)[_forward_grid(B, C, rows, cfg)](
-            x, out, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
-        )
-    return out
+    return _pool_forward(x, rows, is_max=False)[0]
 
 
 @triton_op(
@@ -195,17 +287,7 @@ def height_pool_avg_triton(x: torch.Tensor, rows: int) -> torch.Tensor:
 )
 def height_pool_max_triton(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     _validate.check_height_pool(x, rows)
-    B, C, H, W = x.shape
-    out = torch.empty((B, C, rows), dtype=x.dtype, device=x.device)
-    indices = torch.empty((B, C, rows), dtype=torch.int64, device=x.device)
-    if out.numel() == 0:
-        return out, indices
-    cfg = _forward_config(B, C, H, W, rows, is_channels_last(x), is_max=True, element_size=x.element_size())
-    with on_device_of(x):
-        wrap_triton(_pool_max_kernel)[_forward_grid(B, C, rows, cfg)](
-            x, out, indices, C, H, W, rows, *strides4(x), IS_FP64=is_fp64(x), **cfg
-        )
-    return out, indices
+    return _pool_forward(x, rows, is_max=True)
 
 
 # ============================================================================= backward
