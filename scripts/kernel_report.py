@@ -376,18 +376,20 @@ def triton_variants(smoke: bool) -> list[dict]:
                     add(f"{case.name} gate_fwd {dtype} {fmt} autotune#{i}", hg._gate_forward_kernel, dtype, values,
                         {"y_ptr": f"*{t}", "x_ptr": f"*{t}", "attn_ptr": f"*{t}"}, dict(IS_FP64=False, **kw),
                         config.num_warps, grid, (1, 1), case.name)
-                cfg = hg._rows_config(C, H, W, cl)
-                blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
-                ss = (H * C, 1, C) if cl else (C * H, H, 1)
-                values = dict(C=C, H=H, W=W, R=R, **{p + s: v for p in ("sgy", "sx", "sgx") for s, v in zip("bchw", sx)},
-                              **dict(zip(("ssb", "ssc", "ssh"), ss)), **dict(zip(("sab", "sac", "sar"), sa)))
-                grid = B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(H, cfg["BLOCK_H"])
+                cfg = hg._rows_config(B, C, H, W, cl)
+                S = triton.cdiv(W, cfg["SEG_W"])
+                blocks = {k: v for k, v in cfg.items() if k not in ("num_warps", "SEG_W")}
+                ss = (H * S * C, 1, S * C, C) if cl else (C * H * S, H * S, S, 1)
+                values = dict(C=C, H=H, W=W, R=R, SEG_W=cfg["SEG_W"], S=S,
+                              **{p + s: v for p in ("sgy", "sx", "sgx") for s, v in zip("bchw", sx)},
+                              **dict(zip(("ssb", "ssc", "ssh", "sss"), ss)), **dict(zip(("sab", "sac", "sar"), sa)))
+                grid = B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(H, cfg["BLOCK_H"]) * S
                 add(f"{case.name} gate_bwd(rows) {dtype} {fmt}", hg._gate_backward_rows_kernel, dtype, values,
                     {**{n: f"*{t}" for n in ("gx_ptr", "gy_ptr", "x_ptr", "attn_ptr")}, "sums_ptr": f"*{acc}"},
                     dict(WRITE_GRAD_X=True, IS_FP64=False, **blocks), cfg["num_warps"], grid, (2, 1), case.name)
                 cfg = hg._attn_config(R)
                 blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
-                values = dict(C=C, H=H, R=R, **dict(zip(("ssb", "ssc", "ssh"), ss)))
+                values = dict(C=C, H=H, R=R, S=S, **dict(zip(("ssb", "ssc", "ssh", "sss"), ss)))
                 grid = B * triton.cdiv(C, cfg["BLOCK_C"]) * triton.cdiv(R, cfg["BLOCK_R"])
                 add(f"{case.name} gate_bwd(attn) {dtype} {fmt}", hg._gate_backward_attn_kernel, dtype, values,
                     {"gattn_ptr": f"*{t}", "sums_ptr": f"*{acc}"}, dict(IS_FP64=False, **blocks), cfg["num_warps"],

@@ -170,8 +170,10 @@ def test_kernels_compile_for_sm90():
                     pointers = {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "attn_ptr": f"*{dtype}"}
                     constants = dict(IS_FP64=fp64, **config.kwargs, **unit_stride, **ones)
                     _compile_for_sm90(hg._gate_forward_kernel, pointers, constants, config.num_warps)
-                cfg = hg._rows_config(C, H, W, channels_last)
-                blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
+                cfg = hg._rows_config(2, C, H, W, channels_last)
+                segments = {"S": 1} if triton.cdiv(W, cfg["SEG_W"]) == 1 else {}
+                blocks = {k: v for k, v in cfg.items() if k not in ("num_warps", "SEG_W")}
+                blocks.update(segments, **({"SEG_W": 1} if cfg["SEG_W"] == 1 else {}))
                 for write_grad_x in (False, True):
                     pointers = {name: f"*{dtype}" for name in ("gx_ptr", "gy_ptr", "x_ptr", "attn_ptr")}
                     pointers["sums_ptr"] = f"*{acc}"
@@ -181,5 +183,5 @@ def test_kernels_compile_for_sm90():
                 blocks = {k: v for k, v in cfg.items() if k != "num_warps"}
                 ones_attn = {k: 1 for k, v in dict(C=C, H=H, R=R).items() if v == 1}
                 pointers = {"gattn_ptr": f"*{dtype}", "sums_ptr": f"*{acc}"}
-                constants = dict(IS_FP64=fp64, **blocks, **ones_attn)
+                constants = dict(IS_FP64=fp64, **blocks, **ones_attn, **segments)
                 _compile_for_sm90(hg._gate_backward_attn_kernel, pointers, constants, cfg["num_warps"])

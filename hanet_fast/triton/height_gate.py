@@ -12,12 +12,14 @@ tile (``BLOCK_C = 1`` for NCHW, ``BLOCK_H = 1`` for channels_last).
 
 * forward: each program computes the upsampled attention of its ``[BLOCK_C, BLOCK_H]``
   rows from the two coarse taps of each row (never stored) and scales its tile of x.
-* backward, kernel 1: a program owns ``[BLOCK_C, BLOCK_H]`` whole rows, walks their
-  width once reading ``grad_y`` and ``x``, writes ``grad_x = grad_y * up`` (when wanted)
-  and reduces ``sum_w grad_y * x`` in-program into a small float32 (float64) workspace
-  ``[B, C, H]`` (1/W of x, laid out like x so it is written contiguously);
+* backward, kernel 1: a program owns ``[BLOCK_C, BLOCK_H]`` rows over a segment of their
+  columns (whole rows unless a small map needs more programs), walks it once reading
+  ``grad_y`` and ``x``, writes ``grad_x = grad_y * up`` (when wanted) and reduces
+  ``sum_w grad_y * x`` in-program into a small float32 (float64) workspace ``[B, C, H, S]``
+  (S/W of x, laid out like x so it is written contiguously);
   kernel 2: the transposed interpolation ``grad_attn = up^T(row sums)``, each program
-  summing its rows in a fixed order. No atomics: deterministic.
+  summing its rows and their segments in a fixed order. No atomics: deterministic, and the
+  settings come from the shape alone, so the bits do not depend on the GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
+    MIN_SEGMENT_COLUMNS,
+    STREAMING_PROGRAMS,
     channel_block_program,
     is_fp64,
     linear_taps,
@@ -111,19 +115,23 @@ def height_gate_triton(x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _gate_backward_rows_kernel(
     gx_ptr, sums_ptr, gy_ptr, x_ptr, attn_ptr,
-    C, H, W, R,
+    C, H, W, R, SEG_W, S,
     sgyb, sgyc, sgyh, sgyw,
     sxb, sxc, sxh, sxw,
     sgxb, sgxc, sgxh, sgxw,
-    ssb, ssc, ssh,
+    ssb, ssc, ssh, sss,
     sab, sac, sar,
     WRITE_GRAD_X: tl.constexpr, IS_FP64: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """grad_x = grad_y * up over whole rows, and sums[b, c, h] = sum_w grad_y * x."""
+    """grad_x = grad_y * up over rows, and sums[b, c, h, s] = sum of grad_y * x over the
+    columns of segment s (``[s * SEG_W, (s + 1) * SEG_W)``; segments vary fastest)."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
-    b, cs, hs, _ = channel_block_program(pid, C, H, BLOCK_C, BLOCK_H)
+    seg = pid % S
+    b, cs, hs, _ = channel_block_program(pid // S, C, H, BLOCK_C, BLOCK_H)
+    w_lo = seg * SEG_W
+    w_hi = tl.minimum(w_lo + SEG_W, W)
     ch_mask = (cs < C)[:, None] & (hs < H)[None, :]
     c3 = cs[:, None, None]
     h3 = hs[None, :, None]
@@ -132,9 +140,9 @@ def _gate_backward_rows_kernel(
     if WRITE_GRAD_X:
         up = _upsampled(attn_ptr, b, cs, hs, ch_mask, H, R, sab, sac, sar, IS_FP64)[:, :, None]
     acc = tl.zeros([BLOCK_C, BLOCK_H, BLOCK_W], dtype=ACC)
-    for w0 in range(0, W, BLOCK_W):
+    for w0 in range(w_lo, w_hi, BLOCK_W):
         w3 = (w0 + w_offsets)[None, None, :]
-        mask = ch_mask[:, :, None] & (w3 < W)
+        mask = ch_mask[:, :, None] & (w3 < w_hi)
         gy = tl.load(gy_ptr + b * sgyb + c3 * sgyc + h3 * sgyh + w3 * sgyw, mask=mask, other=0.0).to(ACC)
         x = tl.load(x_ptr + b * sxb + c3 * sxc + h3 * sxh + w3 * sxw, mask=mask, other=0.0).to(ACC)
         acc += gy * x
@@ -142,17 +150,18 @@ def _gate_backward_rows_kernel(
             gx = gy * up
             tl.store(gx_ptr + b * sgxb + c3 * sgxc + h3 * sgxh + w3 * sgxw, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     row_sums = tl.sum(acc, axis=2)
-    tl.store(sums_ptr + b * ssb + cs[:, None] * ssc + hs[None, :] * ssh, row_sums, mask=ch_mask)
+    tl.store(sums_ptr + b * ssb + cs[:, None] * ssc + hs[None, :] * ssh + seg * sss, row_sums, mask=ch_mask)
 
 
 @triton.jit
 def _gate_backward_attn_kernel(
     gattn_ptr, sums_ptr,
-    C, H, R,
-    ssb, ssc, ssh,
+    C, H, R, S,
+    ssb, ssc, ssh, sss,
     IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """grad_attn[b, c, r] = sum_h (w_lo[h] [lo[h] == r] + w_hi[h] [hi[h] == r]) * sums[b, c, h]."""
+    """grad_attn[b, c, r] = sum_h (w_lo[h] [lo[h] == r] + w_hi[h] [hi[h] == r]) * row[b, c, h],
+    row[b, c, h] the sum of sums[b, c, h, :] in segment order."""
     ACC: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0).to(tl.int64)
     b, cs, rs, r0 = channel_block_program(pid, C, R, BLOCK_C, BLOCK_R)
@@ -167,7 +176,10 @@ def _gate_backward_attn_kernel(
     for h0 in range(h_lo, h_hi, BLOCK_H):
         hs = h0 + tl.arange(0, BLOCK_H).to(tl.int64)
         h_mask = hs < h_hi
-        s = tl.load(plane + hs[None, :] * ssh, mask=c_mask[:, None] & h_mask[None, :], other=0.0)  # [C, H]
+        s_mask = c_mask[:, None] & h_mask[None, :]
+        s = tl.load(plane + hs[None, :] * ssh, mask=s_mask, other=0.0)  # [C, H]
+        for seg in range(1, S):
+            s += tl.load(plane + hs[None, :] * ssh + seg * sss, mask=s_mask, other=0.0)
         lo, hi, w_lo, w_hi = linear_taps(hs, R, H, IS_FP64)
         weight = tl.where(lo[:, None] == rs[None, :], w_lo[:, None], 0.0) + tl.where(
             hi[:, None] == rs[None, :], w_hi[:, None], 0.0
@@ -178,15 +190,23 @@ def _gate_backward_attn_kernel(
     tl.store(out, acc.to(gattn_ptr.dtype.element_ty), mask=c_mask[:, None] & (rs < R)[None, :])
 
 
-def _rows_config(C: int, H: int, W: int, channels_last: bool) -> dict:
-    """Launch settings of the row-reduction kernel: a fixed rule of the shape (it reduces)."""
-    if INTERPRETED:
-        return dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8, num_warps=1)
+def _rows_config(B: int, C: int, H: int, W: int, channels_last: bool) -> dict:
+    """Launch settings of the row-reduction kernel: a fixed rule of the shape (it reduces),
+    never of the GPU. Rows are split into column segments (``SEG_W`` columns, at least
+    MIN_SEGMENT_COLUMNS) while that is needed for STREAMING_PROGRAMS programs."""
+    if INTERPRETED:  # small blocks and segments, so that the test shapes cross every edge
+        return dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8, SEG_W=8, num_warps=1)
     if channels_last:
         block_c = pow2(C, 128)
-        return dict(BLOCK_C=block_c, BLOCK_H=1, BLOCK_W=pow2(W, max(1, 1024 // block_c)), num_warps=4)
-    block_w = pow2(W, 128)
-    return dict(BLOCK_C=1, BLOCK_H=pow2(H, max(1, 1024 // block_w)), BLOCK_W=block_w, num_warps=4)
+        block_h, block_w = 1, pow2(W, max(1, 1024 // block_c))
+    else:
+        block_w = pow2(W, 128)
+        block_c, block_h = 1, pow2(H, max(1, 1024 // block_w))
+    seg_w = triton.cdiv(W, block_w) * block_w
+    row_blocks = B * triton.cdiv(C, block_c) * triton.cdiv(H, block_h)
+    while row_blocks * triton.cdiv(W, seg_w) < STREAMING_PROGRAMS and seg_w >= 2 * max(block_w, MIN_SEGMENT_COLUMNS):
+        seg_w = triton.cdiv(triton.cdiv(seg_w, 2), block_w) * block_w
+    return dict(BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, SEG_W=seg_w, num_warps=4)
 
 
 def _attn_config(R: int) -> dict:
@@ -206,29 +226,31 @@ def _gate_backward(grad_y, x, attn, rows: int, write_grad_x: bool):
         grad_attn.zero_()
         return grad_x, grad_attn
     acc_dtype = torch.float64 if is_fp64(x) else torch.float32
-    if channels_last:  # the row sums laid out [B, H, C] like x, so kernel 1 writes them contiguously
-        sums = torch.empty((B, H, C), dtype=acc_dtype, device=x.device).permute(0, 2, 1)
+    rows_cfg = _rows_config(B, C, H, W, channels_last)
+    segments = triton.cdiv(W, rows_cfg["SEG_W"])
+    # The row sums [B, C, H, S] (S segments per row), laid out like x so kernel 1 writes them contiguously.
+    if channels_last:
+        sums = torch.empty((B, H, segments, C), dtype=acc_dtype, device=x.device).permute(0, 3, 1, 2)
     else:
-        sums = torch.empty((B, C, H), dtype=acc_dtype, device=x.device)
+        sums = torch.empty((B, C, H, segments), dtype=acc_dtype, device=x.device)
     fp64 = is_fp64(x)
 
     gx_arg = grad_x if write_grad_x else sums  # not written when write_grad_x is False
     attn_arg = attn if write_grad_x else sums  # not read when write_grad_x is False
     gx_strides = strides4(grad_x) if write_grad_x else (0, 0, 0, 0)
     attn_strides = strides3(attn) if write_grad_x else (0, 0, 0)
-    rows_cfg = _rows_config(C, H, W, channels_last)
     attn_cfg = _attn_config(rows)
     with on_device_of(x):
-        grid = (B * triton.cdiv(C, rows_cfg["BLOCK_C"]) * triton.cdiv(H, rows_cfg["BLOCK_H"]),)
+        grid = (B * triton.cdiv(C, rows_cfg["BLOCK_C"]) * triton.cdiv(H, rows_cfg["BLOCK_H"]) * segments,)
         wrap_triton(_gate_backward_rows_kernel)[grid](
             gx_arg, sums, grad_y, x, attn_arg,
-            C, H, W, rows,
-            *strides4(grad_y), *strides4(x), *gx_strides, *strides3(sums), *attn_strides,
-            WRITE_GRAD_X=write_grad_x, IS_FP64=fp64, **rows_cfg,
+            C, H, W, rows, rows_cfg["SEG_W"], segments,
+            *strides4(grad_y), *strides4(x), *gx_strides, *strides4(sums), *attn_strides,
+            WRITE_GRAD_X=write_grad_x, IS_FP64=fp64, **{k: v for k, v in rows_cfg.items() if k != "SEG_W"},
         )
         grid = (B * triton.cdiv(C, attn_cfg["BLOCK_C"]) * triton.cdiv(rows, attn_cfg["BLOCK_R"]),)
         wrap_triton(_gate_backward_attn_kernel)[grid](
-            grad_attn, sums, C, H, rows, *strides3(sums), IS_FP64=fp64, **attn_cfg
+            grad_attn, sums, C, H, rows, segments, *strides4(sums), IS_FP64=fp64, **attn_cfg
         )
     return grad_x, grad_attn
 
