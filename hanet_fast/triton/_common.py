@@ -73,6 +73,18 @@ else:
     ]
 
 
+def segment_width(programs_per_segment: int, W: int, block_w: int) -> int:
+    """Columns per segment of a row reduction whose grid is ``programs_per_segment`` times the
+    segments of a row: whole rows (``W`` rounded up to ``block_w``), halved while the grid has
+    fewer than STREAMING_PROGRAMS programs and segments stay at least MIN_SEGMENT_COLUMNS and
+    two blocks wide. A multiple of ``block_w``."""
+    seg_w = triton.cdiv(W, block_w) * block_w
+    while (programs_per_segment * triton.cdiv(W, seg_w) < STREAMING_PROGRAMS
+           and seg_w >= 2 * max(block_w, MIN_SEGMENT_COLUMNS)):
+        seg_w = triton.cdiv(triton.cdiv(seg_w, 2), block_w) * block_w
+    return seg_w
+
+
 def is_fp64(t: torch.Tensor) -> bool:
     """True when a kernel reading ``t`` accumulates in float64 rather than float32."""
     return t.dtype in _ACCUMULATES_IN_FLOAT64

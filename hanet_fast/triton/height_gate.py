@@ -35,13 +35,12 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
-    MIN_SEGMENT_COLUMNS,
-    STREAMING_PROGRAMS,
     channel_block_program,
     is_fp64,
     linear_taps,
     on_device_of,
     pow2,
+    segment_width,
     strides3,
     strides4,
     tile_program,
@@ -192,8 +191,8 @@ def _gate_backward_attn_kernel(
 
 def _rows_config(B: int, C: int, H: int, W: int, channels_last: bool) -> dict:
     """Launch settings of the row-reduction kernel: a fixed rule of the shape (it reduces),
-    never of the GPU. Rows are split into column segments (``SEG_W`` columns, at least
-    MIN_SEGMENT_COLUMNS) while that is needed for STREAMING_PROGRAMS programs."""
+    never of the GPU. Rows are split into column segments (``SEG_W`` columns) when a small map
+    needs more programs (:func:`segment_width`)."""
     if INTERPRETED:  # small blocks and segments, so that the test shapes cross every edge
         return dict(BLOCK_C=4, BLOCK_H=8, BLOCK_W=8, SEG_W=8, num_warps=1)
     if channels_last:
@@ -202,10 +201,7 @@ def _rows_config(B: int, C: int, H: int, W: int, channels_last: bool) -> dict:
     else:
         block_w = pow2(W, 128)
         block_c, block_h = 1, pow2(H, max(1, 1024 // block_w))
-    seg_w = triton.cdiv(W, block_w) * block_w
-    row_blocks = B * triton.cdiv(C, block_c) * triton.cdiv(H, block_h)
-    while row_blocks * triton.cdiv(W, seg_w) < STREAMING_PROGRAMS and seg_w >= 2 * max(block_w, MIN_SEGMENT_COLUMNS):
-        seg_w = triton.cdiv(triton.cdiv(seg_w, 2), block_w) * block_w
+    seg_w = segment_width(B * triton.cdiv(C, block_c) * triton.cdiv(H, block_h), W, block_w)
     return dict(BLOCK_C=block_c, BLOCK_H=block_h, BLOCK_W=block_w, SEG_W=seg_w, num_warps=4)
 
 

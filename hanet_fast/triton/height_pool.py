@@ -38,7 +38,6 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
-    MIN_SEGMENT_COLUMNS,
     STREAMING_PROGRAMS,
     bin_end,
     bin_start,
@@ -47,6 +46,7 @@ from hanet_fast.triton._common import (
     is_fp64,
     on_device_of,
     pow2,
+    segment_width,
     strides3,
     strides4,
     tile_program,
@@ -217,20 +217,19 @@ def _forward_config(B: int, C: int, H: int, W: int, R: int, channels_last: bool,
     else:  # columns are contiguous: wide in W, a few rows of x (channels) at a time
         block_w = pow2(W, 32 * vector)
         block_c = pow2(C, max(1, tile // block_w))
-    rows, seg_w = H, triton.cdiv(W, block_w) * block_w
+    rows = H
 
-    def programs() -> int:
-        return B * triton.cdiv(C, block_c) * triton.cdiv(H, rows) * triton.cdiv(W, seg_w)
+    def programs() -> int:  # with whole rows
+        return B * triton.cdiv(C, block_c) * triton.cdiv(H, rows)
 
     # Enough programs to fill the GPU several times over: fewer rows per program first, then
-    # (channels_last) fewer channels, then segments of at least MIN_SEGMENT_BYTES of a row.
+    # (channels_last) fewer channels, then rows split into segments (segment_width).
     while programs() < STREAMING_PROGRAMS and rows > 1:
         rows = triton.cdiv(rows, 2)
     while programs() < STREAMING_PROGRAMS and channels_last and block_c * element_size > 64 and block_w < W:
         block_c //= 2
         block_w *= 2
-    while programs() < STREAMING_PROGRAMS and seg_w >= 2 * max(block_w, MIN_SEGMENT_COLUMNS):
-        seg_w = triton.cdiv(triton.cdiv(seg_w, 2), block_w) * block_w
+    seg_w = segment_width(programs(), W, block_w)
     rows_cfg = dict(BLOCK_C=block_c, BLOCK_W=block_w, ROWS=rows, SEG_W=seg_w, num_warps=4)
     return rows_cfg, dict(BLOCK_C=pow2(C, 32), BLOCK_K=64, num_warps=4)
 
