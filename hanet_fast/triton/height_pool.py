@@ -256,18 +256,12 @@ def _pool_forward(x: torch.Tensor, rows: int, is_max: bool):
     sums = torch.empty((B, H, S, C), dtype=acc_dtype, device=x.device)
     cols = torch.empty((B, H, S, C), dtype=torch.int32, device=x.device) if is_max else sums
     with on_device_of(x):
-        if is_max:
-            wrap_triton(_rows_max_kernel)[_rows_grid(B, C, H, W, rows_cfg)](
-                x, sums, cols, C, H, W, rows_cfg["ROWS"], rows_cfg["SEG_W"], S, *strides4(x),
-                IS_FP64=is_fp64(x), BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
-                num_warps=rows_cfg["num_warps"],
-            )
-        else:
-            wrap_triton(_rows_avg_kernel)[_rows_grid(B, C, H, W, rows_cfg)](
-                x, sums, C, H, W, rows_cfg["ROWS"], rows_cfg["SEG_W"], S, *strides4(x),
-                IS_FP64=is_fp64(x), BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
-                num_warps=rows_cfg["num_warps"],
-            )
+        rows_kernel, row_results = (_rows_max_kernel, (sums, cols)) if is_max else (_rows_avg_kernel, (sums,))
+        wrap_triton(rows_kernel)[_rows_grid(B, C, H, W, rows_cfg)](
+            x, *row_results, C, H, W, rows_cfg["ROWS"], rows_cfg["SEG_W"], S, *strides4(x),
+            IS_FP64=is_fp64(x), BLOCK_C=rows_cfg["BLOCK_C"], BLOCK_W=rows_cfg["BLOCK_W"],
+            num_warps=rows_cfg["num_warps"],
+        )
         wrap_triton(_bins_kernel)[_bins_grid(B, C, rows, bins_cfg)](
             sums, cols, out, indices if is_max else out, C, H, W, rows, S,
             IS_MAX=is_max, IS_FP64=is_fp64(x), **bins_cfg,
