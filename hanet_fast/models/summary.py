@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hanet_fast.models.backbones import BACKBONES
+from hanet_fast._cli import error_exit
+from hanet_fast.models.backbones import BACKBONES, backbone_spec
 from hanet_fast.models.deeplab import DeepLabV3PlusHANet, HANetConfig
 
 __all__ = ["PAPER_TABLE2", "PAPER_REDUCTION", "ModelCost", "model_cost", "summarize", "markdown_table", "main"]
@@ -175,6 +176,15 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _rows(args: argparse.Namespace) -> list[tuple[str, int]] | None:
+    """The (backbone, OS) rows the command line asks for (None: Table 2's)."""
+    if args.backbone:
+        return [(b, os_) for b in args.backbone for os_ in (args.output_stride or backbone_spec(b).output_strides)]
+    if args.output_stride:
+        raise ValueError("--output-stride needs --backbone")
+    return [(b, os) for b in BACKBONES for os in (8, 16, 32)] if args.all else None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=list(CITYSCAPES_SIZE), metavar=("H", "W"),
@@ -184,9 +194,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reduction", type=int, default=None,
                         help="HANet reduction ratio r for every row (default: PAPER_REDUCTION, 32 elsewhere)")
     parser.add_argument("--all", action="store_true", help="every backbone at OS 8/16/32, not only Table 2's rows")
+    parser.add_argument("--backbone", action="append", metavar="NAME",
+                        help="summarise this backbone instead of Table 2's rows (repeatable; a torchvision name or "
+                             "timm:NAME)")
+    parser.add_argument("--output-stride", type=int, action="append", metavar="OS",
+                        help="with --backbone: these output strides (repeatable; default: every stride it supports)")
     args = parser.parse_args(argv)
-    rows = [(b, os) for b in BACKBONES for os in (8, 16, 32)] if args.all else None
-    results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    try:
+        rows = _rows(args)
+        results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    except ValueError as err:  # an unknown backbone, a stride it cannot give, timm missing
+        error_exit(parser, err)
     print(f"input 1x3x{args.size[0]}x{args.size[1]}, +HANet = layers {args.hanet_layers}; params include the "
           "auxiliary head; compute of one eval forward pass (no auxiliary head)\n")
     print(markdown_table(results))
