@@ -177,6 +177,21 @@ def test_command_lines_rebuild_the_timm_network(tmp_path, capsys):
     assert "| timm:resnet10t | 16 | 32 |" in capsys.readouterr().out
 
 
+def test_sync_batchnorm_keeps_the_activations_timm_fuses_into_batchnorm():
+    from timm.layers import BatchNormAct2d
+
+    from hanet_fast.models import convert_sync_batchnorm
+
+    model = _model("efficientnet_b0", 16)
+    acts = [type(m.act) for m in model.modules() if isinstance(m, BatchNormAct2d)]
+    plain = sum(isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, BatchNormAct2d) for m in model.modules())
+    assert acts and any(a is not torch.nn.Identity for a in acts) and plain
+    synced = convert_sync_batchnorm(model)
+    assert [type(m.act) for m in synced.modules() if hasattr(m, "act") and isinstance(m, torch.nn.SyncBatchNorm)
+            ] == acts
+    assert not any(type(m) is torch.nn.BatchNorm2d or isinstance(m, BatchNormAct2d) for m in synced.modules())
+
+
 def test_bad_backbones_are_refused_in_one_line(capsys):
     from hanet_fast.models import summary
 

@@ -32,8 +32,8 @@ import torch.nn as nn
 
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, check_state_dict_fits
 
-__all__ = ["TIMM_PREFIX", "TimmBackboneSpec", "TimmUnavailableError", "build_timm_trunk", "is_timm_backbone",
-           "timm_spec"]
+__all__ = ["TIMM_PREFIX", "TimmBackboneSpec", "TimmUnavailableError", "build_timm_trunk", "convert_sync_batchnorm",
+           "is_timm_backbone", "timm_spec"]
 
 #: The prefix that selects a timm backbone: ``backbone="timm:convnext_atto"``.
 TIMM_PREFIX = "timm:"
@@ -274,3 +274,16 @@ def _download(huggingface_hub, repo_id: str, files: tuple[str, ...]) -> str:
         except EntryNotFoundError:  # this repository has the next format only
             continue
     return huggingface_hub.hf_hub_download(repo_id, files[-1])
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm turned into SyncBatchNorm (for DDP), for any backbone.
+
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` turns timm's ``BatchNormAct2d`` (BN with
+    its activation fused in, used by EfficientNet, RegNet, ...) into a plain SyncBatchNorm and so
+    silently drops the activation; timm's own converter keeps it. Networks without timm modules
+    go through torch's converter.
+    """
+    if any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        return _timm().layers.convert_sync_batchnorm(model)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
