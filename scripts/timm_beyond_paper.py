@@ -107,6 +107,8 @@ def expected_section(text: str) -> str:
     if marker not in body:
         return f"\n{PLACEHOLDER}\n"
     source = body[body.index(marker) + len(marker):].split(" -->")[0]
+    if not os.path.isfile(os.path.join(REPO_ROOT, source)):
+        raise SystemExit(f"timm_beyond_paper: README's timm section cites {source}, which does not exist")
     with open(os.path.join(REPO_ROOT, source)) as f:
         return f"\n{SOURCE.format(source)}\n{render(json.load(f))}\n"
 
