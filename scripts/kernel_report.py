@@ -24,7 +24,9 @@ with the most global memory instructions; the whole function when no loop has an
 loads and stores by width, and instructions per element (per thread, per element of the
 streamed tensor). Per launch at the benchmark shapes (benchmarks/suites/ops.py, GPU cases
 L1-L5; float32 and bfloat16; NCHW and channels_last): the grid and the waves on ``--sms``
-SMs. With ``--out`` it writes report.md and report.json (with the commit they describe).
+SMs; the launches whose kernel streams a whole tensor through a hot loop narrower than 128 bits,
+with that loop's expected cost at datasheet rates. With ``--out`` it writes report.md and
+report.json (with the commit they describe).
 Needs nvcc (CUDA_HOME, default /usr/local/cuda), a host C++ compiler, torch's headers, and
 Triton with its NVIDIA backend (whose cuobjdump is used when CUDA's own is missing).
 """
@@ -486,6 +488,36 @@ def _loop_cells(loop: LoopStats) -> list[str]:
             f"{loop.per_element:.2f}", f"{loop.per_element / 32:.3f}"]
 
 
+# H100 SXM datasheet rates, for the expected cost of a hot loop that is not 128-bit (estimates, not
+# measurements): DRAM bandwidth, and warp-instructions an SM issues per second (four schedulers,
+# one a clock each, at the 1.98 GHz boost clock).
+DRAM_BYTES_PER_S = 3.35e12
+ISSUE_PER_SM_PER_S = 4 * 1.98e9
+
+
+def narrow_hot_loops(cuda: dict, launches: list[dict], sms: int) -> list[str]:
+    """Markdown rows of the launches at the benchmark shapes whose kernel streams a whole tensor
+    (an ``_nchw`` / ``_nhwc`` kernel) with hot-loop accesses narrower than 128 bits, and what that
+    is expected to cost: the hot loop's issue time (its warp-instructions over the SMs' issue
+    rate) against the time its tensors take through DRAM, the larger being about the kernel's."""
+    rows = []
+    for l in launches:
+        k = cuda.get(l["kernel"])
+        family = k["short"].split("::")[-1].split("<")[0] if k else ""
+        if not k or not re.search(r"_(nchw|nhwc)_kernel$", family):
+            continue
+        loop = k["loop"]
+        if all(w >= 128 for w in (*loop.loads, *loop.stores)):
+            continue
+        elements = math.prod(l["shape"][:4])
+        memory_us = elements * ELEMENT_BYTES[l["dtype"]] * sum(CUDA_STREAMS[family]) / DRAM_BYTES_PER_S * 1e6
+        issue_us = elements * loop.per_element / 32 / (ISSUE_PER_SM_PER_S * sms) * 1e6
+        rows.append("| " + " | ".join([l["case"], l["op"], l["dtype"], l["format"], k["short"], widths(loop.loads),
+                                       widths(loop.stores), f"{loop.per_element / 32:.3f}", f"{memory_us:.1f}",
+                                       f"{issue_us:.1f}", f"{max(0.0, issue_us - memory_us):.1f}"]) + " |")
+    return rows
+
+
 def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[dict] | None, sms: int,
              commit: str) -> str:
     out = [f"# Static kernel report, sm_90 ({sms} SMs)", "",
@@ -513,6 +545,17 @@ def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[d
                                           f"{waves:.2f}",
                                           *_loop_cells(k["loop"])]) + " |")
         out.append("")
+        narrow = narrow_hot_loops(cuda, launches, sms)
+        out += ["## CUDA hot loops below 128 bits at the benchmark shapes", "",
+                "Expected cost, from H100 SXM datasheet rates (3.35 TB/s; 4 warp-instructions per SM per clock at "
+                "1.98 GHz), not measured: DRAM us = the kernel's streamed tensors at full bandwidth; issue us =",
+                "the hot loop's warp-instructions at the full issue rate; extra us = how much the issue time",
+                "exceeds the DRAM time (0: the narrow accesses hide under the memory traffic).", ""]
+        if narrow:
+            out += ["| case | op | dtype | format | kernel | loads | stores | warp-instr/elem | DRAM us | issue us "
+                    "| extra us |", "|" + "---|" * 11, *narrow, ""]
+        else:
+            out += ["None.", ""]
     if cuda is not None:
         spilling = sorted(k["short"] for k in cuda.values() if spills(k))
         out += ["## Every CUDA kernel instantiation", "",

@@ -95,6 +95,26 @@ def test_each_cuda_kernel_is_cut_to_its_own_occupancy_whatever_launches_first(tm
             assert int(threads) == kernel_report.CUDA_THREADS
 
 
+def test_narrow_hot_loops_are_listed_with_their_expected_cost():
+    def kernel(short, loads, stores, per_element):
+        loop = kernel_report.LoopStats("loop", 0, loads, stores, 1.0, per_element)
+        return dict(short=short, loop=loop)
+
+    cuda = {"wide": kernel("gate::forward_nhwc_kernel<f32,f32,i32,4>", {128: 4}, {128: 4}, 2.0),
+            "narrow": kernel("gate::forward_nhwc_kernel<f32,f32,i32,1>", {32: 4}, {32: 4}, 128.0),
+            "small": kernel("gate::attn_grad_kernel<f32,f32>", {32: 16}, {}, 4.0)}
+    shape = (4, 19, 192, 192, 16)
+    launches = [dict(case="L5", op="gate_fwd", dtype="float32", format="channels_last", kernel=name, shape=shape)
+                for name in cuda]
+    (row,) = kernel_report.narrow_hot_loops(cuda, launches, sms=132)  # not the wide one, nor a small input's loop
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    elements = 4 * 19 * 192 * 192
+    dram_us = elements * 4 * 2 / kernel_report.DRAM_BYTES_PER_S * 1e6  # x read, y written
+    issue_us = elements * 128.0 / 32 / (kernel_report.ISSUE_PER_SM_PER_S * 132) * 1e6
+    assert cells[4] == "gate::forward_nhwc_kernel<f32,f32,i32,1>" and cells[5] == "4x32"
+    assert cells[8:] == [f"{dram_us:.1f}", f"{issue_us:.1f}", f"{issue_us - dram_us:.1f}"]
+
+
 def _needs_triton_sm90():
     triton = pytest.importorskip("triton")
     if "nvidia" not in triton.backends.backends:
