@@ -550,7 +550,11 @@ def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[d
                 "Expected cost, from H100 SXM datasheet rates (3.35 TB/s; 4 warp-instructions per SM per clock at "
                 "1.98 GHz), not measured: DRAM us = the kernel's streamed tensors at full bandwidth; issue us =",
                 "the hot loop's warp-instructions at the full issue rate; extra us = how much the issue time",
-                "exceeds the DRAM time (0: the narrow accesses hide under the memory traffic).", ""]
+                "exceeds the DRAM time (0: the narrow accesses hide under the memory traffic). A kernel whose",
+                "vector width is 1 (`<...,1>`, `<...,1,T>`) is the fallback for a channel count that is not a",
+                "multiple of the 16-byte vector (4 float32, 8 bfloat16 channels; C = 19 at L5): in channels_last",
+                "a vector would straddle two pixels, and in NCHW a row width that is not a multiple of it would.",
+                ""]
         if narrow:
             out += ["| case | op | dtype | format | kernel | loads | stores | warp-instr/elem | DRAM us | issue us "
                     "| extra us |", "|" + "---|" * 11, *narrow, ""]
