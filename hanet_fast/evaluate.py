@@ -304,6 +304,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         error_exit(parser, e)
 
 
+def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, seconds: float) -> dict:
+    """Print the tables of the per-region confusion matrices ``conf`` and return every number (the ``--json``)."""
+    ious, miou, acc = iou_from_confusion(conf.sum(0))
+    names = region_names(args.regions)
+    bounds = [(k / args.regions, (k + 1) / args.regions) for k in range(args.regions)]
+    per_region = [iou_from_confusion(c) for c in conf]
+    cfg = info["config"]
+    sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
+    if args.protocol == "official-sliding":
+        sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
+    elif args.protocol == "official-pooling":
+        sliding = "off (whole images)"
+    iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
+    print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
+    protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
+    print(f"{args.dataset} {args.split}, {n} images; {protocol}"
+          f"scales {','.join(f'{s:g}' for s in args.scales)}, "
+          f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
+    print(format_table(ious, miou, acc))
+    if args.regions > 1:
+        print()
+        print(format_region_table(names, bounds, [r[1] for r in per_region], [r[2] for r in per_region]))
+    return {
+        "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
+        "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
+        "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
+        "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
+        "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
+        "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
+        "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
+        "regions": [
+            {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
+             "iou": {c: _nan_to_none(v) for c, v in zip(CLASS_NAMES, r[0])}}
+            for name, b, r in zip(names, bounds, per_region)
+        ],
+        "confusion": conf.sum(0).tolist(), "seconds": seconds,
+    }
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The evaluation of :func:`main`; every output path is checked before the model runs."""
     device = resolve_device(args.device)
@@ -344,43 +383,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.close()
         seconds = time.time() - t0
-
         ious, miou, acc = iou_from_confusion(conf.sum(0))
-        names = region_names(args.regions)
-        bounds = [(k / args.regions, (k + 1) / args.regions) for k in range(args.regions)]
-        per_region = [iou_from_confusion(c) for c in conf]
-        cfg = info["config"]
-        sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
-        if args.protocol == "official-sliding":
-            sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
-        elif args.protocol == "official-pooling":
-            sliding = "off (whole images)"
-        iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
-        print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
-        protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
-        print(f"{args.dataset} {args.split}, {n} images; {protocol}"
-              f"scales {','.join(f'{s:g}' for s in args.scales)}, "
-              f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
-        print(format_table(ious, miou, acc))
-        if args.regions > 1:
-            print()
-            print(format_region_table(names, bounds, [r[1] for r in per_region], [r[2] for r in per_region]))
-
-        result = {
-            "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
-            "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
-            "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
-            "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
-            "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
-            "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
-            "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
-            "regions": [
-                {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
-                 "iou": {c: _nan_to_none(v) for c, v in zip(CLASS_NAMES, r[0])}}
-                for name, b, r in zip(names, bounds, per_region)
-            ],
-            "confusion": conf.sum(0).tolist(), "seconds": seconds,
-        }
+        result = _report(args, info, conf, n, seconds)
         if args.save_labelids is not None:
             result["labelids_dir"] = os.path.abspath(args.save_labelids)
         if args.official:
