@@ -184,6 +184,11 @@ class TrainConfig:
                  "img_wt_loss")
 
     def _validate_values(self) -> None:
+        # NaN compares false with everything: "not >= 0" refuses it with the negatives.
+        for key in ("lr", "hanet_lr", "momentum", "weight_decay", "hanet_weight_decay", "poly_power",
+                    "hanet_poly_power", "aux_weight"):
+            value = getattr(self, key)
+            _require(value >= 0 and math.isfinite(value), f"{{{key}}} must be a finite number >= 0, got {value}", key)
         _require(self.log_every >= 1, f"{{log_every}} must be at least 1, got {self.log_every}", "log_every")
         for key in ("val_every", "ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size",
                     "num_vis", "class_uniform_tile"):
