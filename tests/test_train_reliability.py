@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hanet_fast import _io
 from hanet_fast.data import BDD100K, DatasetError
 from hanet_fast.data.sampling import default_cache_dir
 from hanet_fast.train import main, resolve_args
@@ -219,7 +220,7 @@ class _FullDisk:
 
 
 def _fill_disk(monkeypatch, room=2000):
-    monkeypatch.setattr(ckpt_io, "open", lambda path, mode="r": _FullDisk(open(path, mode), room), raising=False)
+    monkeypatch.setattr(_io, "open", lambda path, mode="r", **kw: _FullDisk(open(path, mode, **kw), room), raising=False)
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
