@@ -215,14 +215,25 @@ def _error_text(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _interrupted(trainer: Trainer) -> str:
+    """What a Ctrl-C leaves: the checkpoint to ``--resume`` from, if the run wrote one."""
+    if trainer.last_checkpoint is None:
+        return f"interrupted at iteration {trainer.iteration}, before the run's first checkpoint: nothing to resume"
+    path, iteration = trainer.last_checkpoint
+    return f"interrupted at iteration {trainer.iteration}; continue with --resume {path} (iteration {iteration})"
+
+
 def main(argv=None) -> int:
     """Train as the command line ``argv`` says; returns 0, or exits with one line (status 2 for
-    bad input, 1 for a fault during the run such as a full disk)."""
+    bad input, 1 for a fault during the run such as a full disk or a diverged run, 130 for Ctrl-C)."""
     config = resolve_args(argv)
+    trainer = Trainer(config, given=given_settings(argv))
     try:
-        Trainer(config, given=given_settings(argv)).fit()
+        trainer.fit()
     except (RunError, DatasetError) as e:
         build_parser().exit(getattr(e, "status", 2), f"python -m hanet_fast.train: error: {_error_text(e)}\n")
+    except KeyboardInterrupt:  # the newline ends a progress bar's line
+        build_parser().exit(130, f"\npython -m hanet_fast.train: {_interrupted(trainer)}\n")
     return 0
 
 

@@ -33,11 +33,18 @@ def flag(field: str) -> str:
 
 
 def load_checkpoint(path: str) -> dict:
-    """The training checkpoint ``path`` (a file or run folder) names; RunError naming it otherwise."""
+    """The training checkpoint ``path`` (a file or run folder) names; RunError naming it otherwise
+    (also when its iteration or settings are not what a training run writes)."""
     try:
-        return ckpt_io.load_training(path)
+        state = ckpt_io.load_training(path)
     except ckpt_io.CheckpointError as e:
         raise RunError(f"--resume: {e}") from None
+    iteration = state["iteration"]
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise RunError(f"--resume {path}: the checkpoint's iteration {iteration!r} is not a count of iterations")
+    if not isinstance(state["args"], dict):
+        raise RunError(f"--resume {path}: the checkpoint's settings ('args') are not a dictionary")
+    return state
 
 
 def run_folder_of(path: str) -> str:
@@ -94,12 +101,26 @@ def resumed_config(cfg: TrainConfig, saved: dict, iteration: int, given: set[str
 
 def restore(state: dict, net, optimizer, scheduler, scaler, rank: int) -> int:
     """Load a checkpoint's model, optimizer, scheduler, AMP scaler and this rank's RNG states;
-    returns the iteration to continue from."""
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if "scaler" in state and state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    per_rank = state.get("rng_per_rank") or [state["rng"]]
-    set_rng_state(per_rank[rank] if rank < len(per_rank) else state["rng"])
+    returns the iteration to continue from.
+
+    Raises:
+        RunError: a part of the checkpoint does not fit (named).
+    """
+    part = "model"
+    try:
+        net.load_state_dict(state["model"])
+        part = "optimizer"
+        optimizer.load_state_dict(state["optimizer"])
+        part = "scheduler"
+        scheduler.load_state_dict(state["scheduler"])
+        part = "scaler"
+        if "scaler" in state and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        part = "rng"
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        set_rng_state(per_rank[rank] if rank < len(per_rank) else state["rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunError(f"--resume: the checkpoint's {part!r} state does not fit this run ({type(e).__name__}: "
+                       f"{first})") from None
     return int(state["iteration"])

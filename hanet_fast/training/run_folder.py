@@ -1,17 +1,19 @@
 """The run folder: refused when it holds another run (unless ``--overwrite`` replaces it), created
-exclusively under ``runs/`` when not given, and where a run records its settings."""
+exclusively under ``runs/`` when not given, claimed by one run at a time (a lock held while the
+run lasts, :func:`hanet_fast._io.claim_run_folder`), and where a run records its settings."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 
-from hanet_fast.training import checkpoint as ckpt_io
+from hanet_fast import _io
+from hanet_fast.data.sampling import default_cache_dir
 from hanet_fast.training.errors import RunError
 
-__all__ = ["RUN_OUTPUTS", "check_out_folder", "create_run_folder", "clear_run_folder", "prepare_run_folder"]
+__all__ = ["RUN_OUTPUTS", "check_out_folder", "check_cache_dir", "create_run_folder", "clear_run_folder",
+           "prepare_run_folder"]
 
 # What a run writes into its folder (--overwrite removes the earlier run's copies first).
 RUN_OUTPUTS = ("checkpoint.pt", "metrics.json", "args.json", "attention.png", "predictions.png")
@@ -32,9 +34,15 @@ def create_run_folder(stamp: str, parent: str = "runs") -> str:
 
 
 def check_out_folder(out: str, overwrite: bool) -> None:
-    """RunError unless ``out`` can receive a new run: absent, empty, or with --overwrite."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunError(f"--out {out} is a file, not a folder")
+    """RunError unless ``out`` can receive a new run: absent, empty, or with --overwrite (and, then,
+    with no file where the run's TensorBoard folder goes)."""
+    problem = _io.folder_problem(out)
+    if problem:
+        raise RunError(f"--out {problem}")
+    tb = os.path.join(out, "tb")
+    if os.path.lexists(tb) and not os.path.isdir(tb):
+        raise RunError(f"--out {out}: {tb} is a file where the run's TensorBoard folder goes; move it away or "
+                       f"choose another --out")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         found = sorted(os.listdir(out))
         listing = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
@@ -55,25 +63,39 @@ def clear_run_folder(out: str) -> None:
                 os.remove(os.path.join(tb, name))
 
 
-def prepare_run_folder(out: str | None, overwrite: bool, continuing: bool, settings: dict) -> str:
-    """Create (or, with ``overwrite`` and not ``continuing`` the run there, clear) the run folder,
-    remove temporaries an interrupted checkpoint write left, and write ``args.json``; returns the
-    folder (``runs/<timestamp>`` when ``out`` is None).
+def check_cache_dir(cache_dir: str | None) -> None:
+    """RunError (naming ``--cache-dir`` or ``$HANET_FAST_CACHE``) when the class-statistics cache
+    folder cannot be one (a file, a link loop...): checked before the statistics are computed."""
+    problem = _io.folder_problem(cache_dir or default_cache_dir())
+    if problem:
+        source = "--cache-dir" if cache_dir else "HANET_FAST_CACHE" if "HANET_FAST_CACHE" in os.environ else "the cache"
+        raise RunError(f"{source}: {problem}")
+
+
+def prepare_run_folder(out: str | None, overwrite: bool, continuing: bool, settings: dict) -> _io.RunFolderClaim:
+    """Claim the run folder for this run (creating it; ``runs/<timestamp>`` when ``out`` is None),
+    clear an earlier run's outputs with ``overwrite`` unless ``continuing`` the run there, remove
+    temporaries an interrupted checkpoint write left, and write ``args.json``. Returns the claim
+    (its ``folder``), to hold while the run lasts.
 
     Raises:
-        RunError: the folder cannot be written.
+        RunError: another run holds the folder (or, without ``overwrite``, has left files there
+            meanwhile), or it cannot be written.
     """
+    claim = None
     try:
         if out is None:
             out = create_run_folder(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        else:
-            os.makedirs(out, exist_ok=True)
-            if overwrite and not continuing:
-                clear_run_folder(out)
-        for tmp in ckpt_io.remove_stale_temporaries(os.path.join(out, "checkpoint.pt")):
+        claim = _io.claim_run_folder(out, reuse=overwrite or continuing)
+        if overwrite and not continuing:
+            clear_run_folder(out)
+        for tmp in _io.remove_stale_temporaries(os.path.join(out, "checkpoint.pt")):
             print(f"hanet_fast.train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
-        with open(os.path.join(out, "args.json"), "w") as f:
-            json.dump(dict(settings, out=out), f, indent=1, default=str)
-    except OSError as e:
-        raise RunError(f"cannot write the run folder {out or 'runs'}: {e.strerror or e}") from None
-    return out
+        _io.write_json(os.path.join(out, "args.json"), dict(settings, out=out), indent=1, default=str)
+    except _io.FolderInUseError as e:
+        raise RunError(f"--out {e}: give another --out") from None
+    except (OSError, ValueError) as e:
+        if claim is not None:
+            claim.release()
+        raise RunError(f"cannot write the run folder {out or 'runs'}: {getattr(e, 'strerror', None) or e}") from None
+    return claim

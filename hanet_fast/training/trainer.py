@@ -20,12 +20,14 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from hanet_fast import _io
 from hanet_fast._cli import compile_model
 from hanet_fast.data import CLASS_NAMES
 from hanet_fast.inference import amp_context
@@ -38,7 +40,7 @@ from hanet_fast.training.losses import segmentation_loss
 from hanet_fast.training.model import build_model, build_optimization
 from hanet_fast.training.reporters import default_hooks
 from hanet_fast.training.resume import load_checkpoint, restore, resumed_config, run_folder_of
-from hanet_fast.training.run_folder import check_out_folder, prepare_run_folder
+from hanet_fast.training.run_folder import check_cache_dir, check_out_folder, prepare_run_folder
 from hanet_fast.training.runtime import current_process, init_process_group, rng_state, run_device, set_threads
 from hanet_fast.training.validation import ValidationResult, unwrap, validate, validation_size
 
@@ -73,6 +75,9 @@ class Trainer:
         self.resumed = False
         self.resume_changes: list[str] = []
         self.out: str | None = None
+        #: ``(path, iteration)`` of the newest checkpoint of this run (None before the first one).
+        self.last_checkpoint: tuple[str, int] | None = None
+        self._claim = None
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
@@ -97,6 +102,8 @@ class Trainer:
             self._train_loop()
             return self._finish()
         finally:
+            if self._claim is not None:
+                self._claim.release()
             if created_group and dist.is_initialized():
                 dist.barrier()
                 dist.destroy_process_group()
@@ -111,12 +118,16 @@ class Trainer:
             self.config, self.resumed = cfg, True
             self.seconds_before = float(state.get("train_seconds", 0.0))
             run_dir = run_folder_of(cfg.resume)
+            self.last_checkpoint = (os.path.join(run_dir, "checkpoint.pt") if os.path.isdir(cfg.resume)
+                                    else cfg.resume, int(state["iteration"]))
             if cfg.out is None:
                 cfg.out = run_dir
             elif os.path.realpath(cfg.out) != os.path.realpath(run_dir):
                 check_out_folder(cfg.out, cfg.overwrite)
         elif cfg.out is not None:
             check_out_folder(cfg.out, cfg.overwrite)
+        if cfg.class_uniform_pct > 0:
+            check_cache_dir(cfg.cache_dir)
         set_threads(cfg.threads, state.get("threads") if state is not None else None,
                     self.given is not None and "threads" not in self.given, self.process.main)
         if cfg.deterministic:
@@ -143,6 +154,7 @@ class Trainer:
         self.optimizer, self.scheduler, self.scaler = build_optimization(cfg, model, self.device)
         if state is not None:
             self.start = restore(state, model, self.optimizer, self.scheduler, self.scaler, process.rank)
+            self._check_training_set(state)
         self.iteration = self.start
         self.stop = min(cfg.iters, cfg.stop_after) if cfg.stop_after else cfg.iters
         self.model = self._distributed(model)
@@ -167,7 +179,8 @@ class Trainer:
         if process.main:
             continuing = self.resumed and os.path.exists(cfg.out) and os.path.samefile(cfg.out,
                                                                                         run_folder_of(cfg.resume))
-            cfg.out = prepare_run_folder(cfg.out, cfg.overwrite, continuing, cfg.to_dict())
+            self._claim = prepare_run_folder(cfg.out, cfg.overwrite, continuing, cfg.to_dict())
+            cfg.out = self._claim.folder
         if process.world > 1:  # every rank must agree on the folder
             holder = [cfg.out]
             dist.broadcast_object_list(holder, src=0)
@@ -202,8 +215,7 @@ class Trainer:
                 metrics = {"iteration": res.iteration, "mIoU": res.miou, "pixel_acc": res.pixel_acc,
                            "iou": {n: (None if math.isnan(v) else v) for n, v in zip(CLASS_NAMES, res.ious)},
                            "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device)}
-                with open(os.path.join(self.out, "metrics.json"), "w") as f:
-                    json.dump(metrics, f, indent=1)
+                _io.write_json(os.path.join(self.out, "metrics.json"), metrics, indent=1)
         self._call("after_train", metrics)
         return metrics
 
@@ -213,7 +225,7 @@ class Trainer:
         schedule steps.
 
         Raises:
-            FloatingPointError: the loss is not finite.
+            RunError: the loss is not finite (the run diverged).
         """
         cfg, device = self.config, self.device
         images = batch["image"].to(device, non_blocking=True)
@@ -234,7 +246,7 @@ class Trainer:
         self.iteration += 1
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(f"hanet_fast.train: loss is {loss_value} at iteration {self.iteration}")
+            raise self._diverged(f"the loss is {loss_value} at iteration {self.iteration}")
         return StepResult(self.iteration, loss_value, {k: float(v) for k, v in parts.items()},
                           images.shape[0] * self.process.world, {g["name"]: g["lr"] for g in self.optimizer.param_groups})
 
@@ -255,8 +267,13 @@ class Trainer:
         Every process takes part; rank 0 writes (atomically).
 
         Raises:
-            RunError: the write failed (status 1; the previous checkpoint is intact).
+            RunError: the weights hold NaN or Inf (the run diverged; nothing is written), or the
+                write failed (status 1; the previous checkpoint is intact).
         """
+        bad = [name for name, t in self.net.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:  # every rank holds the same weights: all stop here
+            raise self._diverged(f"{len(bad)} weight tensors hold NaN or Inf after iteration {self.iteration} "
+                                 f"(e.g. {bad[0]}); no checkpoint was written")
         states = [rng_state()]
         if self.process.world > 1:  # every rank's RNG (dropout, HANet position jitter) so a resume continues exactly
             states = [None] * self.process.world
@@ -272,10 +289,25 @@ class Trainer:
                 "rng": states[0], "rng_per_rank": states, "args": self.config.to_dict(),
                 "model_config": json.loads(json.dumps(dataclasses.asdict(self.net.config))),
                 "threads": torch.get_num_threads(), "train_seconds": self.seconds_before + time.time() - self.t0,
+                "train_images": len(self.train_set),
             }, path)
         except ckpt_io.CheckpointError as e:
             raise RunError(str(e), status=1) from None
+        self.last_checkpoint = (path, self.iteration)
         self._call("after_checkpoint", path)
+
+    def _diverged(self, what: str) -> RunError:
+        cfg = self.config
+        return RunError(f"the training diverged: {what}; try a lower --lr (this run: --lr {cfg.lr}, --hanet-lr "
+                        f"{cfg.hanet_lr})", status=1)
+
+    def _check_training_set(self, state: dict) -> None:
+        """Warn (rank 0) when a resumed run's training set changed size: its sampling then differs
+        from the run's."""
+        saved = state.get("train_images")
+        if saved is not None and saved != len(self.train_set) and self.process.main:
+            warnings.warn(f"hanet_fast.train: the training set has {len(self.train_set)} images where the run had "
+                          f"{saved}: the resumed run samples other batches than the run would have")
 
     def _call(self, event: str, *args) -> None:
         for hook in self.hooks:
