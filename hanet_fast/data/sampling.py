@@ -28,6 +28,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
+from hanet_fast._io import write_json
 from hanet_fast.data.labels import NUM_CLASSES
 
 __all__ = ["compute_centroids", "class_centroids", "build_epoch", "TrainSampler", "default_cache_dir", "CENTROID_RULE"]
@@ -95,11 +96,7 @@ def class_centroids(dataset, cache_dir: str | None = None, tile: int | None = No
         except (OSError, ValueError):
             pass
     cents = compute_centroids(dataset, tile, num_classes, progress)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"key": digest, "centroids": {str(c): v for c, v in cents.items()}}, f)
-    os.replace(tmp, path)
+    write_json(path, {"key": digest, "centroids": {str(c): v for c, v in cents.items()}})
     return cents
 
 
