@@ -97,6 +97,43 @@ def test_height_gate_single_gradient(backend, device, wanted):
 
 
 @pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_forward_mode_ad_matches_reference(backend, device):
+    """Dual tensors (torch.autograd.forward_ad) get the reference's tangent from every fused op,
+    never None; torch.func.jvp, jacfwd and forward-over-reverse (Hessian-vector) agree too."""
+    import torch.autograd.forward_ad as fwAD
+
+    require_backend(backend, device)
+    shape = (2, 3, 7, 5, 4)
+    x, attn = make_x(shape, torch.float64, device), make_attn(shape, torch.float64, device)
+    x_t, attn_t = make_x(shape, torch.float64, device, seed=2), make_attn(shape, torch.float64, device, seed=3)
+    calls = {
+        "pool_avg": lambda b, x, a: hanet_fast.height_pool(x, 4, "avg", backend=b),
+        "pool_max": lambda b, x, a: hanet_fast.height_pool(x, 4, "max", backend=b),
+        "gate": lambda b, x, a: hanet_fast.height_gate(x, a, backend=b),
+    }
+    for name, call in calls.items():
+        for tangents in ((x_t, attn_t), (x_t, None), (None, attn_t)):
+            if name != "gate" and tangents[0] is None:
+                continue
+            results = {}
+            for b in (backend, "reference"):
+                with fwAD.dual_level():
+                    duals = [v if t is None else fwAD.make_dual(v, t) for v, t in zip((x, attn), tangents)]
+                    results[b] = fwAD.unpack_dual(call(b, *duals)).tangent
+            assert results[backend] is not None, (name, tangents)
+            torch.testing.assert_close(results[backend], results["reference"], atol=1e-12, rtol=1e-12)
+        # forward over reverse: the jvp of the backward ops
+        def loss(b):
+            return lambda x, a: calls[name](b, x, a).sin().sum()
+        hvp = torch.func.jvp(torch.func.grad(loss(backend), argnums=(0, 1)), (x, attn), (x_t, attn_t))[1]
+        hvp_ref = torch.func.jvp(torch.func.grad(loss("reference"), argnums=(0, 1)), (x, attn), (x_t, attn_t))[1]
+        for got, want in zip(hvp, hvp_ref):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    jac = torch.func.jacfwd(lambda a: hanet_fast.height_gate(x, a, backend=backend))(attn)
+    torch.testing.assert_close(jac, torch.func.jacfwd(lambda a: reference.height_gate(x, a))(attn), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
 @pytest.mark.parametrize("op", ["pool_avg", "pool_max", "gate"])
 def test_non_dense_strides(backend, device, op):
     """Inputs that are neither NCHW- nor NHWC-contiguous still give the reference's answer."""
