@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from hanet_fast.models import (DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, OfficialCheckpointError,
                                load_official_checkpoint)
 from hanet_fast.training import checkpoint as ckpt_io
+from hanet_fast.nn.positional import full_image_row_pos
 
 __all__ = ["AMP_MODES", "CheckpointError", "load_model", "predict", "resample_row_pos", "window_starts"]
 
@@ -291,7 +292,7 @@ def predict(model, images: torch.Tensor, row_pos: torch.Tensor | None = None, *,
     scales, window = _check_predict_args(images, row_pos, scales, window, overlap, amp)
     b, _, h, w = images.shape
     if row_pos is None:
-        row_pos = (torch.arange(h, device=images.device, dtype=torch.float32) / h).expand(b, h)
+        row_pos = full_image_row_pos(b, h, images.device)
     row_pos = row_pos.to(images.device, torch.float32)
     total = None
     views = 0
