@@ -239,6 +239,23 @@ def _require_dir(path: str, what: str) -> None:
         raise DatasetError(f"hanet_fast.data: {what} folder not found: {path}")
 
 
+def pairs_by_name(image_dir: str, label_dir: str, what: str) -> list[tuple[str, str]]:
+    """``(image, label)`` for every image of ``image_dir`` (sorted), its label map the PNG of the
+    same name in ``label_dir``; DatasetError naming the missing folder, or the first missing label."""
+    _require_dir(image_dir, f"{what} image")
+    _require_dir(label_dir, f"{what} label")
+    images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not images:
+        raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
+    pairs = []
+    for path in images:
+        label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        if not os.path.isfile(label):
+            raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
+        pairs.append((path, label))
+    return pairs
+
+
 TRAINVAL_PARTS = ("train", "val")
 
 
@@ -291,17 +308,7 @@ class BDD100K(_FilePairs):
     def __init__(self, root: str, split: str = "train", transform: Callable | None = None) -> None:
         image_dir = os.path.join(root, "images", "10k", split)
         label_dir = os.path.join(root, "labels", "sem_seg", "masks", split)
-        _require_dir(image_dir, "BDD100K image")
-        images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
-        pairs = []
-        for path in images:
-            label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-            if not os.path.isfile(label):
-                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
-            pairs.append((path, label))
-        super().__init__(pairs, transform)
+        super().__init__(pairs_by_name(image_dir, label_dir, "BDD100K"), transform)
         self.root, self.split = root, split
 
     def train_ids(self, mask: np.ndarray, path: str) -> np.ndarray:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hanet_fast.data.datasets import IMAGE_EXTENSIONS, DatasetError, LabelError, _FilePairs, _require_dir, \
-    check_label_values
+from hanet_fast.data.datasets import DatasetError, LabelError, _FilePairs, check_label_values, \
+    pairs_by_name
 from hanet_fast.data.labels import IGNORE_INDEX, LabelSet
 
 __all__ = ["Mapillary", "read_mapillary_labels", "MAPILLARY_NUM_CLASSES", "MAPILLARY_UNLABELED",
@@ -95,18 +95,8 @@ class Mapillary(_FilePairs):
         labels = read_mapillary_labels(root)
         image_dir = os.path.join(root, MAPILLARY_SPLITS[split], "images")
         label_dir = os.path.join(root, MAPILLARY_SPLITS[split], "labels")
-        _require_dir(image_dir, "Mapillary image")
-        _require_dir(label_dir, "Mapillary label")
-        images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
-        stems = {os.path.splitext(os.path.basename(p))[0] for p in images}
-        pairs = []
-        for path in images:
-            label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-            if not os.path.isfile(label):
-                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
-            pairs.append((path, label))
+        pairs = pairs_by_name(image_dir, label_dir, "Mapillary")
+        stems = {os.path.splitext(os.path.basename(p))[0] for p, _ in pairs}
         orphans = sorted(p for p in glob.glob(os.path.join(label_dir, "*.png"))
                          if os.path.splitext(os.path.basename(p))[0] not in stems)
         if orphans:
