@@ -274,3 +274,25 @@ def test_no_centroid_error_when_no_tile_holds_a_class(tmp_path):
         compute_centroids(Unlabelled())
     with pytest.raises(NoCentroidsError, match=r"--class-uniform-tile 8: .*3 label maps \(24 rows high\)"):
         compute_centroids(Unlabelled(), tile=8)
+
+
+def test_a_checkpoint_names_and_colours_its_classes_through_load_model(tmp_path):
+    import dataclasses
+
+    from hanet_fast.inference import load_model
+    from hanet_fast.models import deeplabv3plus
+
+    model = deeplabv3plus("mobilenet_v2", output_stride=16, num_classes=65, hanet_layers=(0, 0, 0, 0, 0), aux=False)
+    labels = read_mapillary_labels(_write_mapillary(str(tmp_path / "vistas")))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "model_config": json.loads(json.dumps(dataclasses.asdict(model.config))),
+                "args": {}, "iteration": 5, "labels": labels.to_dict()}, path)
+    loaded, info = load_model(path)
+    names = labels_for(loaded.num_classes, info["labels"])
+    assert names.class_names == labels.class_names and (names.palette == labels.palette).all()
+    torch.save({"model": model.state_dict(), "model_config": json.loads(json.dumps(dataclasses.asdict(model.config))),
+                "args": {}, "iteration": 5}, path)  # a checkpoint without names: no silent Cityscapes names
+    loaded, info = load_model(path)
+    assert info["labels"] is None
+    with pytest.raises(ValueError, match="65-class"):
+        labels_for(loaded.num_classes, info["labels"])
