@@ -296,3 +296,33 @@ def test_a_checkpoint_names_and_colours_its_classes_through_load_model(tmp_path)
     assert info["labels"] is None
     with pytest.raises(ValueError, match="65-class"):
         labels_for(loaded.num_classes, info["labels"])
+
+
+def test_mapillary_class_uniform_batches_train_a_65_class_network(tmp_path):
+    """The pieces the training engine wires for --dataset mapillary: registry, 65-class centroids,
+    the sampler, the loss and a 65-class network (a training step)."""
+    from hanet_fast.models import deeplabv3plus
+    from hanet_fast.training.losses import segmentation_loss
+
+    root = _write_mapillary(str(tmp_path / "vistas"), names=("a", "b", "c", "d"), size=(24, 40))
+    train = build_dataset("mapillary", "train", TrainTransform((32, 32), blur=0), root=root)
+    num_classes = train.labels.num_classes
+    cents = class_centroids(train, str(tmp_path / "cache"), tile=12, num_classes=num_classes)
+    assert len(cents) == 65 and len(cents[64]) == 4 * 3  # the last class, in the bottom row of 12 x 12 tiles
+    # 130 images, pct 0.5: int(130 * 0.5 / 65) = 1 crop per class with centroids (3, 4, 5, 6, 64), 65 random
+    assert TrainSampler(130, 2, 2, centroids=cents, class_uniform_pct=0.5, num_classes=65).epoch_length == 65 + 5
+    sampler = TrainSampler(len(train), 2, 2, seed=0, centroids=cents, class_uniform_pct=0.5, num_classes=num_classes)
+    loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, num_workers=0)
+    torch.manual_seed(0)
+    model = deeplabv3plus("mobilenet_v2", output_stride=16, num_classes=num_classes, hanet_layers=(0, 0, 0, 0, 0),
+                          aux=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for batch in loader:
+        out = model(batch["image"], row_pos=batch["row_pos"])
+        assert out.logits.shape == (2, 65, 32, 32)
+        assert set(batch["mask"].unique().tolist()) <= {3, 4, 5, 6, 64, 255}
+        loss, _ = segmentation_loss(out.logits, batch["mask"], image_weighted=True)  # the pretrain recipe's loss
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
