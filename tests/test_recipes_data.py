@@ -326,3 +326,16 @@ def test_mapillary_class_uniform_batches_train_a_65_class_network(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+def test_train_stops_in_one_line_when_the_tile_finds_no_centroid(tmp_path, capsys):
+    from hanet_fast.train import main
+
+    from test_train import TINY
+    with pytest.raises(SystemExit) as exc:
+        main(TINY + ["--class-uniform-tile", "64", "--cache-dir", str(tmp_path / "cache"), "--iters", "1",
+                     "--workers", "0", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "class-uniform" in line]
+    assert len(lines) == 1 and "--class-uniform-tile 64" in lines[0] and "48 rows" in lines[0]
+    assert not os.path.exists(tmp_path / "run")  # nothing written
