@@ -339,3 +339,15 @@ def test_train_stops_in_one_line_when_the_tile_finds_no_centroid(tmp_path, capsy
     lines = [line for line in capsys.readouterr().err.splitlines() if "class-uniform" in line]
     assert len(lines) == 1 and "--class-uniform-tile 64" in lines[0] and "48 rows" in lines[0]
     assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+def test_build_dataset_by_name_and_its_errors(tmp_path):
+    synthetic = build_dataset("synthetic", "val", EvalTransform(), length=3, size=(16, 32), seed=1)
+    assert len(synthetic) == 3 and synthetic[0]["image"].shape == (3, 16, 32)
+    assert synthetic.labels is CITYSCAPES_LABELS
+    with pytest.raises(ValueError, match="dataset must be one of synthetic, cityscapes, bdd100k, mapillary"):
+        build_dataset("vistas", "train")
+    with pytest.raises(ValueError, match="--data-root"):
+        build_dataset("mapillary", "train")
+    with pytest.raises(DatasetError, match="config.json"):
+        build_dataset("mapillary", "train", root=str(tmp_path))
