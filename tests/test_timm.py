@@ -201,6 +201,10 @@ def test_bad_backbones_are_refused_in_one_line(capsys):
         deeplabv3plus("timm:swin_tiny_patch4_window7_224")
     with pytest.raises(ValueError, match="timm has no model 'no_such_net'"):
         deeplabv3plus("timm:no_such_net")
+    from hanet_fast.models.backbones import imagenet_weights
+
+    with pytest.raises(ValueError, match="timm backbone"):
+        imagenet_weights("timm:resnet10t")  # torchvision's weights table has no timm names
     with pytest.raises(SystemExit) as exc:
         summary.main(["--backbone", "timm:pvt_v2_b0", "--output-stride", "8"])
     err = capsys.readouterr().err

@@ -147,7 +147,9 @@ def imagenet_weights(name: str) -> tvm.WeightsEnum:
     The ``IMAGENET1K_V1`` weights, the ones ``pretrained=True`` loaded when the official code
     was written. ``resnet101_deepstem`` has none in torchvision: raises ``ValueError``.
     """
-    backbone_spec(name)
+    if backbone_spec(name).family == "timm":
+        raise ValueError(f"hanet_fast.models: {name} is a timm backbone: its weights come from timm "
+                         "(hanet_fast.models.timm_backbone), not torchvision")
     if name == "resnet101_deepstem":
         raise ValueError(
             "hanet_fast.models: torchvision has no ImageNet weights for the deep-stem ResNet-101 "
