@@ -132,10 +132,10 @@ _SPECS = {
 def backbone_spec(name: str) -> BackboneSpec:
     """The :class:`BackboneSpec` of backbone ``name`` (one of :data:`BACKBONES` or ``"timm:NAME"``,
     see :mod:`hanet_fast.models.timm_backbone`); raises ``ValueError`` for an unknown name."""
-    if isinstance(name, str) and name.startswith("timm:"):
-        from hanet_fast.models.timm_backbone import timm_spec  # it imports this module
+    from hanet_fast.models import timm_backbone  # here: it imports this module
 
-        return timm_spec(name)
+    if timm_backbone.is_timm_backbone(name):
+        return timm_backbone.timm_spec(name)
     if name not in _SPECS:
         raise ValueError(f"hanet_fast.models: backbone must be one of {BACKBONES} or 'timm:NAME', got {name!r}")
     return _SPECS[name]
