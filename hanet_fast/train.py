@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=S, help="mobilenet_v2, resnet50, resnet101, resnet101_deepstem, resnet152, "
                    "resnext50_32x4d, resnext101_32x8d, wide_resnet50_2, wide_resnet101_2, shufflenet_v2_x1_0, "
-                   "mnasnet0_5, mnasnet1_0")
+                   "mnasnet0_5, mnasnet1_0, or timm:NAME for any timm model (e.g. timm:convnext_atto; pip install -e '.[timm]')")
     g.add_argument("--output-stride", type=int, choices=list(OUTPUT_STRIDES), default=S,
                    help="backbone output stride (4: ResNet and ResNeXt backbones only)")
     g.add_argument("--hanet-layers", default=S, help="five 0/1 flags for HANet L1..L5, e.g. 1,1,1,1,0")
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hanet-pos-noise", type=float, default=S, help="training jitter of the positions (official: 0.5)")
     g.add_argument("--hanet-dropout", type=float, default=S, help="dropout on the pooled HANet input")
     g.add_argument("--no-pos-encoding", action="store_true", help="HANet without positional encoding")
-    g.add_argument("--pretrained-backbone", default=S, help="none, imagenet (torchvision weights), or a file path")
+    g.add_argument("--pretrained-backbone", default=S, help="none, imagenet (torchvision weights; timm's default pretrained tag for timm:NAME), or a file path")
     g.add_argument("--no-aux", action="store_true", help="no auxiliary head / loss")
 
     g = p.add_argument_group("optimisation")

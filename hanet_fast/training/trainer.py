@@ -31,6 +31,7 @@ from hanet_fast import _io
 from hanet_fast._cli import compile_model
 from hanet_fast.data import CLASS_NAMES
 from hanet_fast.inference import amp_context
+from hanet_fast.models import convert_sync_batchnorm
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.data import build_datasets, class_statistics, train_loader
@@ -166,7 +167,7 @@ class Trainer:
         if self.process.world == 1:
             return model
         if self.config.sync_bn and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)  # keeps the activations timm fuses into BatchNorm
         elif self.config.sync_bn and self.process.main:
             print("hanet_fast.train: SyncBatchNorm needs GPUs; using per-process BatchNorm on CPU", file=sys.stderr)
         return nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
