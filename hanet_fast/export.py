@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from hanet_fast._cli import HelpFormatter, parse_args, size_arg
+from hanet_fast.nn.positional import full_image_row_pos
 from hanet_fast.ops.decompose import decompositions
 
 __all__ = ["FORMATS", "PT2_OPS", "FullImageSegmenter", "export_program", "export_onnx", "export_pt2", "main"]
@@ -60,8 +61,7 @@ class FullImageSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised images -> ``[B, num_classes, H, W]`` float32 logits."""
-        batch, height = images.shape[0], images.shape[2]
-        row_pos = (torch.arange(height, device=images.device, dtype=torch.float32) / height).expand(batch, height)
+        row_pos = full_image_row_pos(images.shape[0], images.shape[2], images.device)
         return self.model(images, row_pos).logits.float()
 
 

@@ -22,8 +22,8 @@ renaming inside the HANet modules only (see :mod:`hanet_fast.models.official`)::
 
 Upsampling is bilinear with ``align_corners=True`` as in the official code.
 
-The official code could not be consulted when this was written: the structure above is
-reconstructed from knowledge of it. Two independent checks support it: the parameter counts
+The structure above follows the official ``network/deepv3.py``, ``network/HANet.py`` and
+``network/PosEmbedding.py``, read for this purpose. Two independent checks support it: the parameter counts
 and the paper's FLOP counts of every row of the paper's Table 2 are reproduced (see
 ``python -m hanet_fast.models.summary`` and the README), and ``tests/test_models.py`` rebuilds
 the official network in plain PyTorch and compares outputs through checkpoint loading.
@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, backbone_spec, build_trunk
-from hanet_fast.nn import HANet
+from hanet_fast.nn import HANet, full_image_row_pos
 
 __all__ = [
     "HANET_LAYERS",
@@ -67,7 +67,8 @@ DECODER_CHANNELS = 256
 class HANetConfig:
     """Settings of one HANet layer: the arguments of :class:`hanet_fast.nn.HANet` other than
     its channels (see there for their meaning). The defaults are the paper's (§4.1,
-    Table 3): 16 coarse rows, reduction 32, three 1-D convolutions with kernel 3, average
+    Table 3): 16 coarse rows, reduction 32, three 1-D convolutions (kernel 1, then 3, then
+    ``kernel_size`` = 3), average
     pooling, dropout 0.1, sinusoidal positional encoding injected after the first
     convolution, training jitter 0.5."""
 
@@ -316,14 +317,14 @@ class DeepLabV3PlusHANet(nn.Module):
         return groups
 
     # ------------------------------------------------------------------ forward
-    def _check(self, images: torch.Tensor, row_pos: torch.Tensor | None) -> torch.Tensor | None:
+    def _check(self, images: torch.Tensor, row_pos: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"hanet_fast.models: images must be a [B, 3, H, W] tensor, got {shape}")
         if not images.is_floating_point():
             raise TypeError(f"hanet_fast.models: images must be floating point, got {images.dtype}")
         if row_pos is None:
-            return None
+            return full_image_row_pos(images.shape[0], images.shape[2], images.device)
         if not isinstance(row_pos, torch.Tensor) or tuple(row_pos.shape) != (images.shape[0], images.shape[2]):
             shape = tuple(row_pos.shape) if isinstance(row_pos, torch.Tensor) else type(row_pos).__name__
             raise ValueError(
@@ -350,7 +351,10 @@ class DeepLabV3PlusHANet(nn.Module):
                 original full image as a fraction in ``[0, 1)``; for rows ``top .. top + H`` of
                 a full image of height ``H_full`` (both counted after any resizing):
                 ``(top + arange(H)) / H_full``, and ``hanet_fast.nn.PAD_ROW_POS`` for padded
-                rows. None means every image is a full image. Every HANet layer receives these
+                rows. None means every image is a full image: exactly the positions
+                ``arange(H) / H`` (:func:`hanet_fast.nn.full_image_row_pos`), for every ``H``
+                (coarse row ``j`` then sits at image row ``floor(j * H / rows)``, whose
+                position is ``j`` only when ``H`` is a multiple of ``rows``). Every HANet layer receives these
                 image-level positions and resizes them straight to its coarse rows (as the
                 official code does, whatever the layer's feature height).
             return_attention: also return every enabled HANet layer's coarse attention map.

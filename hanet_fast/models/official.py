@@ -53,6 +53,7 @@ __all__ = [
     "to_official_state_dict",
     "infer_official_config",
     "load_official_checkpoint",
+    "read_official_state_dict",
 ]
 
 #: Keys of the official model that are not network weights (the loss modules' buffers).
@@ -102,6 +103,16 @@ def _torch_load(path: str, map_location, weights_only: bool) -> object:
             f"hanet_fast.models: {path!r} holds objects that torch.load(weights_only=True) refuses ({err}). "
             "If you trust the file, pass weights_only=False."
         ) from err
+
+
+def _open(checkpoint: str | os.PathLike | Mapping, map_location, weights_only: bool) -> tuple[object, str]:
+    """(the loaded object, how to name it in messages) of a file or an already loaded object."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint, "the checkpoint object"
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"hanet_fast.models: no checkpoint file at {path!r}")
+    return _torch_load(path, map_location, weights_only), repr(path)
 
 
 def _split_checkpoint(obj: object, what: str) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -431,6 +442,20 @@ def _hanet_layer(state: Mapping[str, torch.Tensor], raw_keys: set[str], k: int, 
     return dataclasses.replace(base, **settings)
 
 
+def read_official_state_dict(checkpoint: str | os.PathLike | Mapping, *, map_location: str | torch.device = "cpu",
+                             weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """The weights of an official snapshot (``{'state_dict', ...}`` or a bare state dict, keys
+    possibly under ``module.``; a file or the loaded object) under hanet_fast's key names, without
+    building a network (:func:`load_official_checkpoint` builds one).
+
+    Raises:
+        FileNotFoundError: no such file.
+        OfficialCheckpointError: not a state dict, or refused by ``weights_only``.
+    """
+    obj, what = _open(checkpoint, map_location, weights_only)
+    return convert_official_state_dict(_split_checkpoint(obj, what)[0])
+
+
 def _list(keys: Sequence[str], limit: int = 40) -> str:
     keys = list(keys)
     shown = "\n    ".join(keys[:limit])
@@ -470,13 +495,7 @@ def load_official_checkpoint(
         OfficialCheckpointError: unreadable file, configuration that cannot be inferred, or
             keys / shapes that do not match (all of them are listed).
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"hanet_fast.models: no checkpoint file at {path!r}")
-        obj, what = _torch_load(path, map_location, weights_only), repr(path)
-    else:
-        obj, what = checkpoint, "the checkpoint object"
+    obj, what = _open(checkpoint, map_location, weights_only)
     raw, command = _split_checkpoint(obj, what)
     config = infer_official_config(
         raw, command, backbone=backbone, output_stride=output_stride, num_classes=num_classes, hanet=hanet

@@ -175,8 +175,19 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (one line, exit 2) naming the flag of a value no network can be built for."""
+    if any(v < 1 for v in args.size):
+        parser.error(f"--size must be two positive integers H W, got {' '.join(map(str, args.size))}")
+    if any(v not in (0, 1) for v in args.hanet_layers):
+        parser.error(f"--hanet-layers must be five 0/1 flags, got {' '.join(map(str, args.hanet_layers))}")
+    if args.reduction is not None and args.reduction < 1:
+        parser.error(f"--reduction must be a positive integer, got {args.reduction}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Print the cost table (``python -m hanet_fast.models.summary --help``)."""
+    parser = argparse.ArgumentParser(prog="python -m hanet_fast.models.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=list(CITYSCAPES_SIZE), metavar=("H", "W"),
                         help="input height and width (default: Cityscapes' 1024 2048)")
     parser.add_argument("--hanet-layers", type=int, nargs=5, default=[1, 1, 1, 1, 0], metavar="ON",
@@ -185,8 +196,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="HANet reduction ratio r for every row (default: PAPER_REDUCTION, 32 elsewhere)")
     parser.add_argument("--all", action="store_true", help="every backbone at OS 8/16/32, not only Table 2's rows")
     args = parser.parse_args(argv)
+    _check_args(parser, args)
     rows = [(b, os) for b in BACKBONES for os in (8, 16, 32)] if args.all else None
-    results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    try:
+        results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    except ValueError as e:  # e.g. a HANET_FAST_BACKEND that names no backend
+        parser.error(str(e))
     print(f"input 1x3x{args.size[0]}x{args.size[1]}, +HANet = layers {args.hanet_layers}; params include the "
           "auxiliary head; compute of one eval forward pass (no auxiliary head)\n")
     print(markdown_table(results))

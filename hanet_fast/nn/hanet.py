@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from hanet_fast.ops import BACKENDS, height_gate, height_pool
-from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d, check_row_pos
+from hanet_fast.ops.backends import check_default_backend
+from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d, check_row_pos, full_image_row_pos
 
 __all__ = ["HANet"]
 
@@ -119,6 +120,8 @@ class HANet(nn.Module):
             raise ValueError(f"hanet_fast.nn.HANet: pos_noise must be >= 0, got {pos_noise}")
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"hanet_fast.nn.HANet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            check_default_backend()  # a bad HANET_FAST_BACKEND fails here, where the module is built
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -211,7 +214,11 @@ class HANet(nn.Module):
             check_row_pos(row_pos, "hanet_fast.nn.HANet")
 
     def attention(self, x_low: torch.Tensor, row_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked)."""
+        """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked).
+
+        ``row_pos`` None: ``x_low`` spans a full image (:func:`full_image_row_pos` of its height)."""
+        if self.pos_encoding is not None and row_pos is None:
+            row_pos = full_image_row_pos(x_low.shape[0], x_low.shape[2], x_low.device)
         z = height_pool(x_low, self.rows, self.pooling, backend=self.backend)
         if self.pos_encoding is not None and self.pos_injection == 1:
             z = self.pos_encoding(z, row_pos)
@@ -244,7 +251,10 @@ class HANet(nn.Module):
                 ``top .. top + H_img`` of a full image of height ``H_full``:
                 ``(top + arange(H_img)) / H_full``), or ``hanet_fast.nn.PAD_ROW_POS`` (1.0) for a padded row.
                 Coarse row ``j`` takes the position of image row ``floor(j * H_img / rows)``.
-                None means the input is the full image (position ``j`` for coarse row ``j``).
+                None means ``x_low`` spans a full image: exactly the positions
+                ``arange(H_low) / H_low`` of its height ``H_low`` (a model that knows the
+                image's height passes that image's positions, as
+                :class:`~hanet_fast.models.DeepLabV3PlusHANet` does).
                 Only used with a positional encoding. NaN, negative or other values above 1
                 raise ``ValueError``.
             return_attention: also return the coarse attention.
