@@ -19,7 +19,9 @@ sampler position and RNG states); the run's settings are taken from the checkpoi
 would change them are refused, and only ``--iters`` (to extend), ``--workers``, ``--threads``,
 ``--data-root``, ``--cache-dir``, ``--device``, the logging, validation and checkpoint intervals
 and the progress bar may differ. A non-empty ``--out`` is refused unless ``--resume`` continues
-the run there or ``--overwrite`` replaces it.
+the run there or ``--overwrite`` replaces it; a run holds its folder while it lasts (a second run
+into it is refused). Ctrl-C names the checkpoint to ``--resume`` from (exit 130); a diverging run
+(loss or weights NaN or Inf) stops in one line (exit 1) and never checkpoints NaN weights.
 
 From Python: ``from hanet_fast.training import TrainConfig, Trainer`` (this module only parses
 the flags into a :class:`~hanet_fast.training.TrainConfig` and runs ``Trainer(config).fit()``).

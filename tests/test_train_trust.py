@@ -17,7 +17,7 @@ from hanet_fast.training.resume import resumed_config
 
 from test_train import TINY
 from test_training_engine import TINY_CONFIG
-from test_train_reliability import _bdd_tree, _error_line, _exit, _fake_checkpoint
+from test_train_reliability import _bdd_tree, _exit, _fake_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RUN = TINY + ["--iters", "2", "--workers", "0"]

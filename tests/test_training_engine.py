@@ -38,6 +38,13 @@ def test_config_fields_are_the_cli_settings_with_their_defaults():
         assert fields[name] == expected, name
 
 
+def test_every_dataset_name_has_a_factory():
+    from hanet_fast.training.config import DATASET_NAMES
+    from hanet_fast.training.data import DATASET_FACTORIES
+
+    assert tuple(DATASET_FACTORIES) == DATASET_NAMES
+
+
 def test_bad_config_values_raise_value_errors_naming_the_field():
     with pytest.raises(ValueError, match="log_every"):
         TrainConfig(log_every=0)

@@ -92,36 +92,8 @@ class HANet(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("rows", rows),
-            ("reduction", reduction),
-            ("kernel_size", kernel_size),
-        ):
-            _check_positive_int(name, value)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"hanet_fast.nn.HANet: kernel_size must be odd to keep the rows, got {kernel_size}")
-        if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs not in (2, 3):
-            raise ValueError(f"hanet_fast.nn.HANet: num_convs must be 2 or 3, got {num_convs!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"hanet_fast.nn.HANet: pooling must be one of {POOLINGS}, got {pooling!r}")
-        _check_number("dropout", dropout)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"hanet_fast.nn.HANet: dropout must be in [0, 1), got {dropout}")
-        if pos_encoding is not None and pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"hanet_fast.nn.HANet: pos_encoding must be one of {POS_ENCODINGS} or None, got {pos_encoding!r}"
-            )
-        if isinstance(pos_injection, bool) or not isinstance(pos_injection, int) or pos_injection not in (1, 2):
-            raise ValueError(f"hanet_fast.nn.HANet: pos_injection must be 1 or 2, got {pos_injection!r}")
-        _check_number("pos_noise", pos_noise)
-        if pos_noise < 0:
-            raise ValueError(f"hanet_fast.nn.HANet: pos_noise must be >= 0, got {pos_noise}")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"hanet_fast.nn.HANet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        if backend == "auto":
-            check_default_backend()  # a bad HANET_FAST_BACKEND fails here, where the module is built
+        _check_settings(in_channels, out_channels, rows, reduction, kernel_size, num_convs, pooling, dropout,
+                        pos_encoding, pos_injection, pos_noise, backend)
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -290,3 +262,39 @@ class HANet(nn.Module):
             "hanet_fast.nn.HANet does not support torch.jit.script; capture it with torch.export.export, "
             "torch.jit.trace or torch.compile instead"
         )
+
+
+def _check_settings(in_channels: int, out_channels: int, rows: int, reduction: int, kernel_size: int, num_convs: int,
+                    pooling: str, dropout: float, pos_encoding: str | None, pos_injection: int, pos_noise: float,
+                    backend: str) -> None:
+    """ValueError naming the first of :class:`HANet`'s arguments that is out of range."""
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("rows", rows),
+        ("reduction", reduction),
+        ("kernel_size", kernel_size),
+    ):
+        _check_positive_int(name, value)
+    if kernel_size % 2 != 1:
+        raise ValueError(f"hanet_fast.nn.HANet: kernel_size must be odd to keep the rows, got {kernel_size}")
+    if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs not in (2, 3):
+        raise ValueError(f"hanet_fast.nn.HANet: num_convs must be 2 or 3, got {num_convs!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"hanet_fast.nn.HANet: pooling must be one of {POOLINGS}, got {pooling!r}")
+    _check_number("dropout", dropout)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"hanet_fast.nn.HANet: dropout must be in [0, 1), got {dropout}")
+    if pos_encoding is not None and pos_encoding not in POS_ENCODINGS:
+        raise ValueError(
+            f"hanet_fast.nn.HANet: pos_encoding must be one of {POS_ENCODINGS} or None, got {pos_encoding!r}"
+        )
+    if isinstance(pos_injection, bool) or not isinstance(pos_injection, int) or pos_injection not in (1, 2):
+        raise ValueError(f"hanet_fast.nn.HANet: pos_injection must be 1 or 2, got {pos_injection!r}")
+    _check_number("pos_noise", pos_noise)
+    if pos_noise < 0:
+        raise ValueError(f"hanet_fast.nn.HANet: pos_noise must be >= 0, got {pos_noise}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"hanet_fast.nn.HANet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        check_default_backend()  # a bad HANET_FAST_BACKEND fails here, where the module is built
