@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
@@ -11,6 +12,7 @@ from typing import NoReturn
 import torch
 from PIL import Image
 
+from hanet_fast._io import folder_problem
 from hanet_fast.data import DatasetError
 
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
@@ -101,20 +103,44 @@ def _is_within(path: str, folder: str) -> bool:
 
 
 def _check_folder_writable(folder: str, flag: str) -> None:
-    """The nearest existing ancestor of ``folder`` must be a writable folder (so that it can be
-    created and written into); ValueError naming ``flag`` otherwise."""
+    """``folder`` must be a folder, or creatable in a writable one; ValueError naming ``flag``
+    otherwise (a file, a symbolic link loop, a dangling link on the way, a read-only ancestor)."""
+    problem = folder_problem(folder)
+    if problem:
+        raise ValueError(f"{flag}: cannot write into {folder}: {problem}")
     probe = os.path.abspath(folder)
-    while not os.path.exists(probe):
+    while not os.path.lexists(probe):
         probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{flag}: cannot create the folder {folder}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{flag}: {probe} is not writable")
+
+
+def _file_ids(paths: Iterable[str]) -> dict[tuple[int, int], str]:
+    """``{(device, inode): path}`` of each path and, for a link, of what it points to."""
+    ids = {}
+    for path in paths:
+        for follow in (True, False):
+            try:
+                st = os.stat(path, follow_symlinks=follow)
+            except OSError:
+                continue
+            ids.setdefault((st.st_dev, st.st_ino), path)
+    return ids
+
+
+def _place(path: str) -> str:
+    """Where a write of ``path`` lands: its folder resolved, its own name not (the writer replaces
+    a link there instead of following it)."""
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
 
 
 def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: Iterable[str] = (),
                   protected: Iterable[str] = (), owners: Sequence[str] | None = None) -> None:
     """Refuse, before anything is written, a set of output files that would destroy data.
+
+    The files are then written with :mod:`hanet_fast._io` (atomically; a link at an output path
+    is replaced, never written through), so an output that is a link (dangling or not) counts as
+    an existing file, to be replaced only with ``overwrite``.
 
     Args:
         paths: every file the command is about to write.
@@ -123,7 +149,7 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
         inputs: files the command reads: never written, even with ``overwrite`` (compared by
             identity, so links and case-insensitive file systems are covered).
         protected: folders nothing may be written into (equal or below), e.g. a data set's
-            image and label folders.
+            image and label folders: every file there is an input.
         owners: for each path, what it is the output of (named when two outputs collide or an
             output would replace an input).
 
@@ -133,40 +159,35 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
             its folder cannot be created or written, or (without ``overwrite``) it exists.
     """
     owners = list(owners) if owners is not None else list(paths)
-    # os.path.realpath: "photos/../photos/x.png" and symlinked folders are the same place.
-    resolved = [os.path.realpath(p) for p in paths]
+    places = [_place(p) for p in paths]
     for folder in {os.path.realpath(f) for f in protected}:
-        for path, real in zip(paths, resolved):
-            if _is_within(real, folder):
+        for path, place in zip(paths, places):
+            if _is_within(place, folder):
                 raise ValueError(f"{flag}: refusing to write {path} into the data set's folder {folder}; "
                                  f"choose another {flag}")
     first: dict[str, int] = {}
-    for k, real in enumerate(resolved):
-        j = first.setdefault(real.casefold(), k)
+    for k, place in enumerate(places):
+        j = first.setdefault(place.casefold(), k)
         if j != k:
             raise ValueError(f"{flag}: {owners[j]} and {owners[k]} would both be written to {paths[k]}")
-    for folder in sorted({os.path.dirname(r) for r in resolved}):
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in paths}):
         _check_folder_writable(folder, flag)
-    input_ids = {}
-    for path in inputs:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        input_ids[(st.st_dev, st.st_ino)] = path
+    input_ids = _file_ids(inputs)
     existing = []
     for path, owner in zip(paths, owners):
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except FileNotFoundError:
             continue
         except OSError as e:
             raise ValueError(f"{flag}: cannot write {path}: {e.strerror}") from None
-        source = input_ids.get((st.st_dev, st.st_ino))
+        # An output that is an input, or a link to one, is refused (although the writer would
+        # replace the link, the user most likely meant the input).
+        source = next((input_ids[i] for i in _file_ids([path]) if i in input_ids), None)
         if source is not None:
             what = f", the output of {owner}," if owner != path else ""
             raise ValueError(f"{flag}: {path}{what} would overwrite the input {source}; choose another {flag}")
-        if os.path.isdir(path):
+        if stat.S_ISDIR(st.st_mode):
             raise ValueError(f"{flag}: {path} is a folder, not a file")
         existing.append(path)
     if existing and not overwrite:

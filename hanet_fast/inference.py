@@ -108,7 +108,9 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         ``(model, info)``: the network in eval mode on ``device``, and a dict with ``"source"``
         (``"hanet_fast"`` or ``"official"``), ``"config"`` (the :class:`DeepLabConfig`),
         ``"train_args"`` (the training run's settings; ``{}`` for official checkpoints),
-        ``"iteration"`` (None when unknown) and ``"path"`` (the file read).
+        ``"iteration"`` (None when unknown), ``"path"`` (the file read) and ``"labels"`` (the
+        checkpoint's class names and colours as ``LabelSet.to_dict()`` wrote them, or None: give it
+        to :func:`hanet_fast.data.labels.labels_for` with the network's ``num_classes``).
 
     Raises:
         FileNotFoundError: no such file (or no ``checkpoint.pt`` in the folder).
@@ -142,7 +144,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
             raise CheckpointError(f"hanet_fast.inference: the weights in {path} do not fit its model_config "
                                   f"({_one_line(err)})") from err
         info = {"source": "hanet_fast", "config": config, "train_args": dict(obj.get("args") or {}),
-                "iteration": obj.get("iteration"), "path": path}
+                "iteration": obj.get("iteration"), "path": path, "labels": obj.get("labels")}
     else:
         try:
             model = load_official_checkpoint(path if obj is None else obj, backbone=backbone,
@@ -157,7 +159,8 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         except tuple(e for e in _READ_ERRORS if e is not ValueError) as err:
             raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
                                   f"({_one_line(err)})") from err
-        info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path}
+        info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path,
+                "labels": None}
     return model.to(device).eval(), info
 
 

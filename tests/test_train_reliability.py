@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hanet_fast import _io
 from hanet_fast.data import BDD100K, DatasetError
 from hanet_fast.data.sampling import default_cache_dir
 from hanet_fast.train import main, resolve_args
@@ -123,7 +124,7 @@ def test_nonempty_run_folder_is_refused_and_overwrite_replaces_the_run(tmp_path,
 
 
 def test_default_run_folders_never_collide(tmp_path):
-    from hanet_fast.train import create_run_folder
+    from hanet_fast.training.run_folder import create_run_folder
 
     first = create_run_folder("20260101-120000", str(tmp_path))
     second = create_run_folder("20260101-120000", str(tmp_path))
@@ -219,7 +220,7 @@ class _FullDisk:
 
 
 def _fill_disk(monkeypatch, room=2000):
-    monkeypatch.setattr(ckpt_io, "open", lambda path, mode="r": _FullDisk(open(path, mode), room), raising=False)
+    monkeypatch.setattr(_io, "open", lambda path, mode="r", **kw: _FullDisk(open(path, mode, **kw), room), raising=False)
 
 
 def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

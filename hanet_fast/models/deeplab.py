@@ -4,7 +4,8 @@ The network and its module names mirror the official ``DeepV3PlusHANet``
 (``network/deepv3.py`` of github.com/shachoi/HANet), so official checkpoints load with a
 renaming inside the HANet modules only (see :mod:`hanet_fast.models.official`)::
 
-    layer0 .. layer4      the trunk (hanet_fast.models.backbones)
+    layer0 .. layer4      the trunk (hanet_fast.models.backbones); a "timm:NAME" backbone is one
+                          module ``trunk`` instead (hanet_fast.models.timm_backbone)
     hanet0                L1: x_low = stage 3 (layer3 output), gates stage 4 (layer4 output)
     aspp                  ASPP: features[0] 1x1, features[1..3] 3x3 at rates 6/12/18 x 16/OS,
                           img_pooling + img_conv (image pooling); concatenated -> 1280 channels
@@ -42,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, backbone_spec, build_trunk
+from hanet_fast.models.timm_backbone import build_timm_trunk
 from hanet_fast.nn import HANet, full_image_row_pos
 
 __all__ = [
@@ -248,8 +250,11 @@ class DeepLabV3PlusHANet(nn.Module):
         self.output_stride = output_stride
         self.num_classes = num_classes
 
-        layers, _ = build_trunk(backbone, output_stride, pretrained_backbone)
-        self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        if spec.family == "timm":  # one module returning [low, stage 3, stage 4]
+            self.trunk = build_timm_trunk(backbone, output_stride, pretrained_backbone)
+        else:
+            layers, _ = build_trunk(backbone, output_stride, pretrained_backbone)
+            self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = layers
 
         self.aspp = ASPP(spec.out_channels, ASPP_CHANNELS, output_stride)
         self.bot_fine = _conv_bn_relu(spec.low_channels, SKIP_CHANNELS, 1)
@@ -381,11 +386,14 @@ class DeepLabV3PlusHANet(nn.Module):
             return out
 
         size = images.shape[2:]
-        x = self.layer0(images)
-        low = self.layer1(x)
-        x = self.layer2(low)
-        stage3 = self.layer3(x)
-        x = self.layer4(stage3)
+        if self.spec.family == "timm":
+            low, stage3, x = self.trunk(images)
+        else:
+            x = self.layer0(images)
+            low = self.layer1(x)
+            x = self.layer2(low)
+            stage3 = self.layer3(x)
+            x = self.layer4(stage3)
         if self.hanet0 is not None:
             x = gate(0, stage3, x)
         represent = x
@@ -432,7 +440,8 @@ def deeplabv3plus(
             ``resnet101_deepstem`` (the paper's / official ResNet-101, three 3x3 stem convs),
             ``resnet152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2``,
             ``wide_resnet101_2``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ``mnasnet0_5``,
-            ``mnasnet1_0``.
+            ``mnasnet1_0``; or ``"timm:NAME"``, any timm model that gives a stride-4 feature
+            and two more and takes any input size (see :mod:`hanet_fast.models.timm_backbone`).
         output_stride: 8, 16 or 32 (and 4 for the ResNet family), by dilation (official rules, see
             :mod:`hanet_fast.models.backbones`); also scales the ASPP rates by ``16 / OS``.
         num_classes: classes of the classifier (19 for Cityscapes / BDD100K).

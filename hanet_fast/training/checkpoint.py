@@ -1,15 +1,17 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, fsynced, then
-``os.replace``d over the target, so a crash never leaves a truncated checkpoint. Loaded with
+"""Atomic checkpoints (through :mod:`hanet_fast._io`): written to a temporary file in the same
+folder, fsynced, then ``os.replace``d over the target, so a crash never leaves a truncated checkpoint. Loaded with
 ``torch.load(weights_only=True)``: checkpoints hold tensors and plain Python containers only."""
 
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import pickle
 
 import torch
+
+from hanet_fast import _io
+from hanet_fast._io import remove_stale_temporaries  # noqa: F401  (public here since before _io)
 
 # Keys every training checkpoint written by hanet_fast.train holds (what --resume needs).
 TRAINING_KEYS = ("iteration", "model", "optimizer", "scheduler", "rng", "args")
@@ -20,85 +22,23 @@ class CheckpointError(RuntimeError):
     message names the file."""
 
 
-class _WriteRecorder:
-    """Forwards writes to a file and keeps the first OSError raised: torch's zip writer turns it
-    into an unspecific "unexpected pos" error, and the cause (e.g. a full disk) must be reported."""
-
-    def __init__(self, f) -> None:
-        self.f, self.error = f, None
-
-    def write(self, data) -> int:
-        try:
-            return self.f.write(data)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
-def _temporary(path: str, pid: int | str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{pid}")
-
-
 def save_atomic(obj: dict, path: str) -> None:
-    """Write ``obj`` to ``path`` atomically: the previous file stays intact if anything fails.
+    """Write ``obj`` to ``path`` atomically (:func:`hanet_fast._io.torch_save`): the previous file
+    stays intact if anything fails, and a link at ``path`` is replaced, never written through.
 
     Raises:
         CheckpointError: the file cannot be written (the message says "no space left on device"
             for a full disk, and names ``path``).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = _temporary(path, os.getpid())
-    recorder = None
     try:
-        with open(tmp, "wb") as f:
-            recorder = _WriteRecorder(f)
-            torch.save(obj, recorder)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        cause = recorder.error if recorder is not None and recorder.error is not None else e
-        if not isinstance(cause, OSError):
-            raise
+        _io.torch_save(obj, path)
+    except OSError as cause:
         if cause.errno in (errno.ENOSPC, errno.EDQUOT):
             reason = "no space left on device" if cause.errno == errno.ENOSPC else "disk quota exceeded"
         else:
             reason = cause.strerror or str(cause)
         raise CheckpointError(f"cannot write checkpoint {path}: {reason} (the previous checkpoint, if any, "
-                              f"is unchanged)") from e
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_temporaries(path: str) -> list[str]:
-    """Delete the temporaries that :func:`save_atomic` left next to ``path`` when its process was
-    killed mid-write (their process is gone); returns the files removed."""
-    removed = []
-    for tmp in glob.glob(glob.escape(_temporary(path, "")) + "*"):
-        suffix = tmp.rsplit(".tmp", 1)[-1]
-        if not suffix.isdigit() or int(suffix) == os.getpid() or _pid_alive(int(suffix)):
-            continue
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:  # removed by another process meanwhile
-            continue
-        removed.append(tmp)
-    return removed
+                              f"is unchanged)") from cause
 
 
 def load(path: str, map_location="cpu") -> dict:
