@@ -5,6 +5,7 @@ and Ctrl-C end in one line (item 4), and what the README promises (item 7)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -283,3 +284,18 @@ def test_benchmarks_run_bad_arguments_are_one_line(argv, match, tmp_path):
     err = done.stderr.strip()
     assert done.returncode == 2 and "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("run.py: error: " + match)
+
+
+def test_readme_infer_example_runs_verbatim(tmp_path):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        block = re.search(r"^### Segment images\n\n```bash\n(.*?)^```", f.read(), re.S | re.M).group(1)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_tiny_checkpoint(run / "checkpoint.pt")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    done = subprocess.run(["bash", "-e", "-c", block.replace("runs/<run>", str(run))], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for k in range(4):
+        for end in ("_pred.png", "_overlay.png", "_labelids.png", "_attention.npz"):
+            assert (run / "predictions" / f"scene{k}{end}").is_file()
