@@ -47,7 +47,8 @@ import torch
 import torch.nn as nn
 from torch.utils._sympy.numbers import int_oo
 
-from hanet_fast._cli import HelpFormatter, parse_args, size_arg
+from hanet_fast import _io
+from hanet_fast._cli import HelpFormatter, check_outputs, checkpoint_files, parse_args, size_arg
 from hanet_fast.nn.positional import full_image_row_pos
 from hanet_fast.ops.decompose import decompositions
 
@@ -282,18 +283,19 @@ def main(argv: Sequence[str] | None = None) -> str:
     p = build_parser()
     args = parse_args(p, None if argv is None else list(argv), _check_args)
     out = args.out or default_output(args.checkpoint, args.format, args.size, args.dynamic, args.pt2_ops)
-    if os.path.exists(out) and not args.overwrite:
-        p.exit(2, f"{p.prog}: error: --out {out} exists; pass --overwrite to replace it\n")
     try:
+        # Never the checkpoint itself; a link at --out is replaced by the file, never followed.
+        check_outputs([out], flag="--out", overwrite=args.overwrite,
+                      inputs=checkpoint_files(args.checkpoint))
         model, info = load_model(args.checkpoint, device="cpu", backbone=args.backbone,
                                  output_stride=args.output_stride)
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        if args.format == "onnx":
-            export_onnx(model, out, args.size, batch=args.batch, dynamic=args.dynamic)
-        else:
-            export_pt2(model, out, args.size, batch=args.batch, dynamic=args.dynamic,
-                       decompose=args.pt2_ops == "portable")
-    except (FileNotFoundError, ValueError, ImportError) as e:
+        with _io.atomic_path(out) as tmp:
+            if args.format == "onnx":
+                export_onnx(model, tmp, args.size, batch=args.batch, dynamic=args.dynamic)
+            else:
+                export_pt2(model, tmp, args.size, batch=args.batch, dynamic=args.dynamic,
+                           decompose=args.pt2_ops == "portable")
+    except (OSError, ValueError, ImportError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     shape = f"{args.batch} x 3 x {args.size[0]} x {args.size[1]}"
     if args.dynamic:
