@@ -39,7 +39,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -50,64 +50,15 @@ from hanet_fast._cli import (add_compile_arg, check_outputs, checkpoint_files, c
 from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, DatasetError, EvalTransform, SyntheticUrbanScenes
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
-from hanet_fast.inference import AMP_MODES, load_model, predict
-from hanet_fast.official_eval import (OFFICIAL_CROP_SIZE, OFFICIAL_PROTOCOLS, OFFICIAL_SCALES, PROTOCOLS,
-                                      ProtocolError, coarse_rows, official_scores)
-from hanet_fast.training.metrics import (format_region_table, format_table, iou_from_confusion, region_confusion,
-                                         region_names)
+from hanet_fast.evaluation import accumulate_confusion
+from hanet_fast.inference import AMP_MODES, load_model
+from hanet_fast.official_eval import OFFICIAL_CROP_SIZE, OFFICIAL_PROTOCOLS, OFFICIAL_SCALES, PROTOCOLS, ProtocolError
+from hanet_fast.training.metrics import format_region_table, format_table, iou_from_confusion, region_names
 
-__all__ = ["accumulate_confusion", "official_cityscapes_scores", "prediction_filename", "build_parser", "main"]
+__all__ = ["official_cityscapes_scores", "prediction_filename", "build_parser", "main"]
 
 # Used when a checkpoint's training settings do not say (official checkpoints, or older runs).
 _SYNTHETIC_DEFAULTS = {"synthetic_size": (128, 256), "synthetic_val": 100, "data_seed": 0}
-
-
-# --------------------------------------------------------------------------- evaluation loop
-@torch.no_grad()
-def accumulate_confusion(model, loader, device: torch.device, *, regions: int = 1, scales: Sequence[float] = (1.0,),
-                         flip: bool = False, window: tuple[int, int] | None = None, overlap: float = 1 / 3,
-                         amp: str = "off", channels_last: bool = False, protocol: str = "ours",
-                         crop_size: int = OFFICIAL_CROP_SIZE,
-                         on_batch: Callable[[dict, torch.Tensor], None] | None = None, progress=None) -> torch.Tensor:
-    """Run ``model`` over ``loader`` and count ``[regions, C, C]`` confusion matrices (see
-    :func:`hanet_fast.training.metrics.region_confusion`).
-
-    Args:
-        model: the network, in eval mode, on ``device``.
-        loader: yields batches ``{"image": [B, 3, H, W], "mask": [B, H, W], "row_pos": [B, H], ...}``
-            (official protocols: ``"image"`` uint8 ``[B, H, W, 3]`` full images).
-        regions: number of horizontal bands.
-        scales, flip, window, overlap, amp: test-time augmentation, see :func:`hanet_fast.inference.predict`.
-        protocol: ``"ours"`` (:func:`~hanet_fast.inference.predict`) or one of
-            :data:`~hanet_fast.official_eval.OFFICIAL_PROTOCOLS` (with ``scales``, ``flip``,
-            ``overlap``, ``crop_size``; ``window`` unused).
-        channels_last: feed the images in channels_last memory format.
-        on_batch: called with each batch and its ``[B, H, W]`` predicted trainIds (on the CPU).
-        progress: a tqdm bar to advance by each batch's size, or None.
-    """
-    conf = None
-    rows = coarse_rows(model) if protocol in OFFICIAL_PROTOCOLS else None
-    for batch in loader:
-        if protocol in OFFICIAL_PROTOCOLS:
-            images = batch["image"]
-            probs = torch.stack([official_scores(model, image, protocol, crop_size=crop_size, scales=scales,
-                                                 overlap=overlap, flip=flip, amp=amp, rows=rows) for image in images])
-        else:
-            images = batch["image"].to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            probs = predict(model, images, batch["row_pos"].to(device), scales=scales, flip=flip, window=window,
-                            overlap=overlap, amp=amp)
-        pred = probs.argmax(1)
-        part = region_confusion(pred, batch["mask"].to(device), probs.shape[1], regions)
-        conf = part if conf is None else conf + part
-        if on_batch is not None:
-            on_batch(batch, pred.cpu())
-        if progress is not None:
-            progress.update(images.shape[0])
-    if conf is None:
-        raise ValueError("hanet_fast.evaluate: the data set is empty")
-    return conf
 
 
 # --------------------------------------------------------------------------- Cityscapes format
@@ -353,6 +304,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted(parser, "nothing was scored" + (f"; --json {args.json} was not written" if args.json else ""))
 
 
+def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, seconds: float) -> dict:
+    """Print the tables of the per-region confusion matrices ``conf`` and return every number (the ``--json``)."""
+    ious, miou, acc = iou_from_confusion(conf.sum(0))
+    names = region_names(args.regions)
+    bounds = [(k / args.regions, (k + 1) / args.regions) for k in range(args.regions)]
+    per_region = [iou_from_confusion(c) for c in conf]
+    cfg = info["config"]
+    sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
+    if args.protocol == "official-sliding":
+        sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
+    elif args.protocol == "official-pooling":
+        sliding = "off (whole images)"
+    iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
+    print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
+    protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
+    print(f"{args.dataset} {args.split}, {n} images; {protocol}"
+          f"scales {','.join(f'{s:g}' for s in args.scales)}, "
+          f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
+    print(format_table(ious, miou, acc))
+    if args.regions > 1:
+        print()
+        print(format_region_table(names, bounds, [r[1] for r in per_region], [r[2] for r in per_region]))
+    return {
+        "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
+        "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
+        "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
+        "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
+        "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
+        "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
+        "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
+        "regions": [
+            {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
+             "iou": {c: _nan_to_none(v) for c, v in zip(CLASS_NAMES, r[0])}}
+            for name, b, r in zip(names, bounds, per_region)
+        ],
+        "confusion": conf.sum(0).tolist(), "seconds": seconds,
+    }
+
+
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The evaluation of :func:`main`; every output path is checked before the model runs."""
     device = resolve_device(args.device)
@@ -395,43 +385,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.close()
         seconds = time.time() - t0
-
         ious, miou, acc = iou_from_confusion(conf.sum(0))
-        names = region_names(args.regions)
-        bounds = [(k / args.regions, (k + 1) / args.regions) for k in range(args.regions)]
-        per_region = [iou_from_confusion(c) for c in conf]
-        cfg = info["config"]
-        sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
-        if args.protocol == "official-sliding":
-            sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
-        elif args.protocol == "official-pooling":
-            sliding = "off (whole images)"
-        iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
-        print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
-        protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
-        print(f"{args.dataset} {args.split}, {n} images; {protocol}"
-              f"scales {','.join(f'{s:g}' for s in args.scales)}, "
-              f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
-        print(format_table(ious, miou, acc))
-        if args.regions > 1:
-            print()
-            print(format_region_table(names, bounds, [r[1] for r in per_region], [r[2] for r in per_region]))
-
-        result = {
-            "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
-            "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
-            "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
-            "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
-            "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
-            "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
-            "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
-            "regions": [
-                {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
-                 "iou": {c: _nan_to_none(v) for c, v in zip(CLASS_NAMES, r[0])}}
-                for name, b, r in zip(names, bounds, per_region)
-            ],
-            "confusion": conf.sum(0).tolist(), "seconds": seconds,
-        }
+        result = _report(args, info, conf, n, seconds)
         if args.save_labelids is not None:
             result["labelids_dir"] = os.path.abspath(args.save_labelids)
         if args.official:

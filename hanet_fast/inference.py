@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from hanet_fast.models import (DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, OfficialCheckpointError,
                                load_official_checkpoint)
 from hanet_fast.training import checkpoint as ckpt_io
+from hanet_fast.nn.positional import full_image_row_pos
 
 __all__ = ["AMP_MODES", "CheckpointError", "WorkloadError", "load_model", "predict", "resample_row_pos",
            "window_starts", "scaled_size", "check_workload", "MAX_PIXELS", "MAX_WINDOWS", "MAX_CLASSES"]
@@ -160,7 +161,9 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         ``(model, info)``: the network in eval mode on ``device``, and a dict with ``"source"``
         (``"hanet_fast"`` or ``"official"``), ``"config"`` (the :class:`DeepLabConfig`),
         ``"train_args"`` (the training run's settings; ``{}`` for official checkpoints),
-        ``"iteration"`` (None when unknown) and ``"path"`` (the file read).
+        ``"iteration"`` (None when unknown), ``"path"`` (the file read) and ``"labels"`` (the
+        checkpoint's class names and colours as ``LabelSet.to_dict()`` wrote them, or None: give it
+        to :func:`hanet_fast.data.labels.labels_for` with the network's ``num_classes``).
 
     Raises:
         FileNotFoundError: no such file (or no ``checkpoint.pt`` in the folder).
@@ -195,7 +198,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
             raise CheckpointError(f"hanet_fast.inference: the weights in {path} do not fit its model_config "
                                   f"({_one_line(err)})") from err
         info = {"source": "hanet_fast", "config": config, "train_args": dict(obj.get("args") or {}),
-                "iteration": obj.get("iteration"), "path": path}
+                "iteration": obj.get("iteration"), "path": path, "labels": obj.get("labels")}
     else:
         try:
             model = load_official_checkpoint(path if obj is None else obj, backbone=backbone,
@@ -210,7 +213,8 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
         except tuple(e for e in _READ_ERRORS if e is not ValueError) as err:
             raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
                                   f"({_one_line(err)})") from err
-        info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path}
+        info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path,
+                "labels": None}
     _warn_non_finite(model, path)
     return model.to(device).eval(), info
 
@@ -379,7 +383,7 @@ def predict(model, images: torch.Tensor, row_pos: torch.Tensor | None = None, *,
     scales, window = _check_predict_args(images, row_pos, scales, window, overlap, amp)
     b, _, h, w = images.shape
     if row_pos is None:
-        row_pos = (torch.arange(h, device=images.device, dtype=torch.float32) / h).expand(b, h)
+        row_pos = full_image_row_pos(b, h, images.device)
     row_pos = row_pos.to(images.device, torch.float32)
     total = None
     views = 0

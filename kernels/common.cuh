@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <mutex>
+#include <unordered_map>
 
 #include "index_math.h"
 
@@ -338,24 +340,46 @@ void with_index_type(int64_t max_elements, F&& f) {
   }
 }
 
+// Blocks of `kernel` that one SM holds at once, asked of `occupancy` (the CUDA occupancy
+// calculator in launch(); a stand-in in scripts/kernel_plans.cpp) the first time the kernel
+// launches and kept per kernel, keyed by its address: the instantiations sharing a parameter
+// list differ in registers, so in occupancy, and none may take another's value whichever
+// launches first.
+inline int resident_blocks_per_sm(const void* kernel, int (*occupancy)(const void* kernel)) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, int> per_kernel;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto known = per_kernel.find(kernel);
+  if (known != per_kernel.end()) return known->second;
+  return per_kernel.emplace(kernel, occupancy(kernel)).first->second;
+}
+
+// The grid of a launch of `kernel` planned at `blocks` blocks: every kernel loops grid-stride,
+// so the grid is cut to the blocks the GPU holds at once: one wave, no tail of a partial wave.
+inline int64_t resident_grid(const void* kernel, int64_t blocks, int sm_count,
+                             int (*occupancy)(const void* kernel)) {
+  return min64(blocks, static_cast<int64_t>(sm_count) * resident_blocks_per_sm(kernel, occupancy));
+}
+
 // HANET_CUDA_EMULATION: defined by a CPU emulation of these kernels (lanes as threads,
-// shuffles as barrier exchanges; not part of the build), which brings its own launch().
+// shuffles as barrier exchanges; not part of the build) and by scripts/kernel_plans.cpp, which
+// bring their own launch().
 #ifndef HANET_CUDA_EMULATION
-// Launches `kernel` on kThreads-thread blocks on device.stream; the caller checks the launch (a
-// callback from csrc/cuda runs C10_CUDA_KERNEL_LAUNCH_CHECK after every launch). Every kernel
-// loops grid-stride, so the grid is cut to the blocks the GPU holds at once (the occupancy
-// the kernel's registers allow, asked once per kernel): one wave, no tail of a partial wave.
+// The occupancy of a kThreads-thread block of `kernel` by its registers and shared memory.
+inline int cuda_occupancy(const void* kernel) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) {
+    (void)cudaGetLastError();  // not fatal: the grid stays as planned
+    n = kMaxBlocksPerSm;
+  }
+  return n;
+}
+
+// Launches `kernel` on resident_grid() blocks of kThreads threads on device.stream; the caller
+// checks the launch (a callback from csrc/cuda runs C10_CUDA_KERNEL_LAUNCH_CHECK after every launch).
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), int64_t blocks, const Device& device, Args... args) {
-  static const int resident = [kernel] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess || n < 1) {
-      (void)cudaGetLastError();  // not fatal: the grid stays as planned
-      n = kMaxBlocksPerSm;
-    }
-    return n;
-  }();
-  blocks = min64(blocks, static_cast<int64_t>(device.sm_count) * resident);
+  blocks = resident_grid(reinterpret_cast<const void*>(kernel), blocks, device.sm_count, cuda_occupancy);
   kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, device.stream>>>(static_cast<Params>(args)...);
 }
 #endif

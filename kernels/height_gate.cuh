@@ -122,7 +122,10 @@ __global__ void __launch_bounds__(kThreads)
       }
       const index_t offset = row * static_cast<index_t>(t.width);
       const index_t step = static_cast<index_t>(t.group * V);
-#pragma unroll 4
+      // Unrolled 4 times with 64-bit indices, the float kernel spilled (16 B stack frame) and
+      // stored half of grad_x with 32-bit STG; twice keeps every access 128-bit.
+      constexpr int kUnroll = sizeof(index_t) == 4 ? 4 : 2;
+#pragma unroll kUnroll
       for (index_t w = static_cast<index_t>(begin) + static_cast<index_t>(g.lane * V); w < static_cast<index_t>(end);
            w += step) {
         const Pack<scalar_t, V> gy = load_pack<V>(grad_y + offset + w);

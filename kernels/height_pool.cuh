@@ -235,8 +235,11 @@ __global__ void __launch_bounds__(kThreads)
                                   static_cast<index_t>(t.channels) +
                               c);
     const index_t channels = static_cast<index_t>(t.channels);
+    const index_t columns = static_cast<index_t>(w1 - w0);
+    // Indexed from the segment's first column: with `out += channels` instead, nvcc split one
+    // of the four unrolled 128-bit stores (int32 index) into two 64-bit ones.
 #pragma unroll 4
-    for (index_t w = static_cast<index_t>(w0); w < static_cast<index_t>(w1); ++w, out += channels) store_pack<V>(out, p);
+    for (index_t w = 0; w < columns; ++w) store_pack<V>(out + w * channels, p);
   }
 }
 

@@ -1,13 +1,19 @@
 // The launch plans of the CUDA launch sequences (kernels/*.cuh) at given shapes, without a GPU:
 // scripts/kernel_report.py builds this with the host compiler, and it runs the real host-side
-// planning code (tilings, grid sizes, vector-width choice) with a launch() that records each
-// kernel and its grid instead of running it. Pointers are null (16-byte aligned, as the
-// caching allocator's are), so the vectorised paths are the ones planned.
+// planning code (tilings, grid sizes, vector-width choice, the cut to the resident blocks) with a
+// launch() that records each kernel and its grid instead of running it. Pointers are null
+// (16-byte aligned, as the caching allocator's are), so the vectorised paths are the ones planned.
 //
+//     kernel_plans [OCCUPANCY]
+// OCCUPANCY: a file of `mangled kernel name <blocks per SM>` lines (what the CUDA occupancy
+// calculator would answer; kernel_report.py computes it from ptxas's registers), which
+// resident_grid() of kernels/common.cuh asks instead of the GPU; a kernel it does not name gets
+// kMaxBlocksPerSm, as launch() does when the calculator fails.
 // stdin: one case a line, `id op dtype format B C H W R sm_count`, op one of pool_avg_fwd,
 // pool_max_fwd, pool_avg_bwd, pool_max_bwd, gate_fwd, gate_bwd; dtype float32, float64,
 // float16, bfloat16; format nchw or channels_last.
-// stdout: one launch a line, `id <TAB> mangled kernel name <TAB> blocks <TAB> threads per block`.
+// stdout: one launch a line, `id <TAB> mangled kernel name <TAB> blocks as planned <TAB> grid
+// <TAB> threads per block`.
 #define HANET_CUDA_EMULATION 1
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -16,10 +22,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 
 // Enough of CUDA for the device code to compile as (never called) host code.
 #define __global__
@@ -48,13 +56,25 @@ T __shfl_xor_sync(unsigned, T value, int, int = 32) {
 namespace hanet_fast {
 namespace cuda {
 inline std::string current_case;
-// The grid as planned: the real launch() then cuts it to the resident blocks of sm_count SMs,
-// which scripts/kernel_report.py computes from the kernel's registers.
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), int64_t blocks, const Device&, Args...) {
+inline std::unordered_map<std::string, int> occupancy_table;  // mangled name -> blocks per SM
+
+inline const char* kernel_name(const void* kernel) {
   Dl_info info{};
-  const char* name = dladdr(reinterpret_cast<void*>(kernel), &info) && info.dli_sname ? info.dli_sname : "?";
-  std::printf("%s\t%s\t%lld\t%d\n", current_case.c_str(), name, static_cast<long long>(blocks), kThreads);
+  return dladdr(kernel, &info) && info.dli_sname ? info.dli_sname : "?";
+}
+
+inline int table_occupancy(const void* kernel) {
+  const auto known = occupancy_table.find(kernel_name(kernel));
+  return known == occupancy_table.end() ? kMaxBlocksPerSm : known->second;
+}
+
+// The real launch() without the launch: the planned blocks and the grid resident_grid() makes of them.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), int64_t blocks, const Device& device, Args...) {
+  const void* address = reinterpret_cast<const void*>(kernel);
+  const int64_t grid = resident_grid(address, blocks, device.sm_count, table_occupancy);
+  std::printf("%s\t%s\t%lld\t%lld\t%d\n", current_case.c_str(), kernel_name(address),
+              static_cast<long long>(blocks), static_cast<long long>(grid), kThreads);
 }
 }  // namespace cuda
 }  // namespace hanet_fast
@@ -114,7 +134,25 @@ void plan(const std::string& op, bool cl, int64_t B, int64_t C, int64_t H, int64
   }
 }
 
-int main() {
+int main(int argc, char** argv) {
+  if (argc > 2) {
+    std::fprintf(stderr, "usage: kernel_plans [OCCUPANCY] < cases\n");
+    return 2;
+  }
+  if (argc == 2) {
+    std::ifstream table(argv[1]);
+    if (!table) {
+      std::fprintf(stderr, "kernel_plans: cannot read %s\n", argv[1]);
+      return 2;
+    }
+    std::string name;
+    int per_sm = 0;
+    while (table >> name >> per_sm) hc::occupancy_table[name] = per_sm;
+    if (!table.eof()) {
+      std::fprintf(stderr, "kernel_plans: %s: expected `name blocks_per_sm` lines\n", argv[1]);
+      return 2;
+    }
+  }
   std::string line;
   while (std::getline(std::cin, line)) {
     if (line.empty()) continue;

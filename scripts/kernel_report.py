@@ -16,14 +16,17 @@ candidate) through ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90,
 specialised as Triton specialises at launch (arguments equal to 1 as constants, 16-byte
 aligned pointers and multiples of 16 marked divisible).
 
-Per kernel it prints: registers, spill (CUDA: ptxas spill stores; Triton: local memory) and
-shared-memory bytes, resident blocks per SM at its block size (register file, 2048 threads,
+Per kernel it prints: registers, the stack frame (``cuobjdump -res-usage`` STACK: where both
+nvcc's spills and Triton's land; Triton's LOCAL is always 0), the local-memory loads and stores
+of its SASS (LDL / STL), CUDA's ptxas spill bytes, shared-memory bytes, resident blocks per SM at its block size (register file, 2048 threads,
 32 blocks, 228 KB shared memory per SM), and from the SASS of its hot loop (the innermost loop
 with the most global memory instructions; the whole function when no loop has any) the global
 loads and stores by width, and instructions per element (per thread, per element of the
 streamed tensor). Per launch at the benchmark shapes (benchmarks/suites/ops.py, GPU cases
 L1-L5; float32 and bfloat16; NCHW and channels_last): the grid and the waves on ``--sms``
-SMs. With ``--out`` it writes report.md and report.json (with the commit they describe).
+SMs; the launches whose kernel streams a whole tensor through a hot loop narrower than 128 bits,
+with that loop's expected cost at datasheet rates. With ``--out`` it writes report.md and
+report.json (with the commit they describe).
 Needs nvcc (CUDA_HOME, default /usr/local/cuda), a host C++ compiler, torch's headers, and
 Triton with its NVIDIA backend (whose cuobjdump is used when CUDA's own is missing).
 """
@@ -60,6 +63,7 @@ MAX_THREADS_PER_SM = 2048
 MAX_BLOCKS_PER_SM = 32
 SMEM_PER_SM = 233472  # 228 KB
 SMEM_RESERVED_PER_BLOCK = 1024
+CUDA_THREADS = 256  # kThreads of kernels/common.cuh: every CUDA kernel's block
 
 
 def blocks_per_sm(regs: int, threads: int, smem: int) -> int:
@@ -203,6 +207,29 @@ def widths(counts: dict) -> str:
     return " ".join(f"{n}x{w}" for w, n in sorted(counts.items(), reverse=True)) or "-"
 
 
+def local_accesses(instrs: list[tuple[int, str]]) -> tuple[int, int]:
+    """(LDL, STL): the local-memory loads and stores anywhere in a function (spills, or an array
+    the compiler could not keep in registers)."""
+    ops = [_opcode(t) for _, t in instrs]
+    return sum(op.startswith("LDL") for op in ops), sum(op.startswith("STL") for op in ops)
+
+
+_RES_USAGE = re.compile(r"Function (\S+):\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def resource_usage(cubin: Path) -> dict[str, dict]:
+    """{function: registers, stack frame, static shared memory and local bytes} of a cubin, as
+    ``cuobjdump -res-usage`` gives them."""
+    out = _run([_tool("cuobjdump"), "-res-usage", str(cubin)])
+    return {m.group(1): dict(regs=int(m.group(2)), stack=int(m.group(3)), shared=int(m.group(4)),
+                             local=int(m.group(5))) for m in _RES_USAGE.finditer(out)}
+
+
+def spills(info: dict) -> bool:
+    """True when a compiled kernel (a report row) uses local memory: a stack frame or LDL / STL."""
+    return bool(info["stack"] or info["ldl"] or info["stl"])
+
+
 # ----------------------------------------------------------------------------------------- CUDA
 # Kernel family -> (tensors streamed in, tensors streamed out) of the hot loop, to count elements.
 CUDA_STREAMS = {
@@ -241,25 +268,24 @@ def compile_cuda(work: Path, smoke: bool) -> dict[str, dict]:
     else:
         sources = [ROOT / s for s in CUDA_SOURCES]
 
-    def build(source: Path) -> tuple[str, str]:
+    def build(source: Path) -> tuple[str, str, dict]:
         cubin = work / (source.stem + ".cubin")
         ptxas = _run([nvcc, "-std=c++20", "-arch=sm_90", "-cubin", "-O3", "-lineinfo", "-Xptxas", "-v",
                       *cpp_extension.COMMON_NVCC_FLAGS, *includes, "-o", str(cubin), str(source)], cwd=ROOT)
-        return ptxas, _run([cuobjdump, "-sass", str(cubin)])
+        return ptxas, _run([cuobjdump, "-sass", str(cubin)]), resource_usage(cubin)
 
     with concurrent.futures.ThreadPoolExecutor(len(sources)) as pool:
         outputs = list(pool.map(build, sources))
     kernels: dict[str, dict] = {}
-    for ptxas, sass in outputs:
+    for ptxas, sass, usage in outputs:
         for block in re.split(r"ptxas info\s+: Compiling entry function ", ptxas)[1:]:
             name = re.match(r"'(\S+)'", block).group(1)
             spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
             used = re.search(r"Used (\d+) registers", block)
             smem = re.search(r"(\d+) bytes smem", block)
-            stack = re.search(r"(\d+) bytes stack frame", block)
             kernels[name] = dict(regs=int(used.group(1)), spill_stores=int(spill.group(1)),
                                  spill_loads=int(spill.group(2)), smem=int(smem.group(1)) if smem else 0,
-                                 stack=int(stack.group(1)) if stack else 0)
+                                 stack=usage[name]["stack"])
         for name, instrs in split_sass(sass).items():
             kernels.setdefault(name, {})["sass"] = instrs
     short = demangle(sorted(kernels))
@@ -267,22 +293,39 @@ def compile_cuda(work: Path, smoke: bool) -> dict[str, dict]:
         info["short"] = short[name]
         family = short[name].split("::")[-1].split("<")[0]
         streams = CUDA_STREAMS.get(family, (1, 1))
-        info["loop"] = analyze(info.pop("sass", []), _element_bytes_of(short[name]), *streams)
+        instrs = info.pop("sass", [])
+        info["ldl"], info["stl"] = local_accesses(instrs)
+        info["loop"] = analyze(instrs, _element_bytes_of(short[name]), *streams)
     return kernels
 
 
-def cuda_plans(work: Path, sms: int, smoke: bool) -> list[dict]:
-    """Every launch of the CUDA launch sequences at the benchmark shapes."""
-    from benchmarks.suites.ops import CASES_BY_DEVICE
+def build_plans(work: Path) -> Path:
+    """scripts/kernel_plans.cpp built with the host compiler: the launchers' planning code."""
+    import torch
 
     exe = work / "kernel_plans"
     cxx = os.environ.get("CXX", "g++")
     includes = [f"-I{d}" for d in _torch_includes()]
-    import torch
-
     libdir = str(Path(torch.__file__).parent / "lib")
     _run([cxx, "-std=c++20", "-O0", "-rdynamic", *includes, "-o", str(exe), str(ROOT / "scripts" / "kernel_plans.cpp"),
           f"-L{libdir}", "-lc10", f"-Wl,-rpath,{libdir}"])
+    return exe
+
+
+def run_plans(exe: Path, occupancy: dict[str, int], lines: list[str]) -> list[list[str]]:
+    """kernel_plans' launches (id, kernel, planned blocks, grid, threads) for case lines, its
+    resident_grid() asking ``occupancy`` (mangled name -> blocks per SM)."""
+    table = exe.parent / f"occupancy_{len(list(exe.parent.glob('occupancy_*')))}.txt"
+    table.write_text("".join(f"{name} {n}\n" for name, n in occupancy.items()))
+    return [line.split("\t") for line in _run([str(exe), str(table)], input="\n".join(lines)).splitlines()]
+
+
+def cuda_plans(exe: Path, cuda: dict[str, dict], sms: int, smoke: bool) -> list[dict]:
+    """Every launch of the CUDA launch sequences at the benchmark shapes, each grid cut to the
+    resident blocks of ``sms`` SMs by the kernel's occupancy (its registers in ``cuda``)."""
+    from benchmarks.suites.ops import CASES_BY_DEVICE
+
+    occupancy = {name: blocks_per_sm(k["regs"], CUDA_THREADS, k["smem"]) for name, k in cuda.items()}
     cases = {}
     for case in CASES_BY_DEVICE["cuda"].values():
         for dtype in BENCH_DTYPES:
@@ -293,14 +336,12 @@ def cuda_plans(work: Path, sms: int, smoke: bool) -> list[dict]:
                     cases[f"{case.name}:{op}:{dtype}:{fmt}"] = (op, dtype, fmt, *shape, case.rows)
         if smoke:
             break
-    lines = "\n".join(f"{key} {op} {dtype} {fmt} {B} {C} {H} {W} {R} {sms}"
-                      for key, (op, dtype, fmt, B, C, H, W, R) in cases.items())
+    lines = [f"{key} {op} {dtype} {fmt} {B} {C} {H} {W} {R} {sms}" for key, (op, dtype, fmt, B, C, H, W, R) in cases.items()]
     launches = []
-    for line in _run([str(exe)], input=lines).splitlines():
-        key, name, blocks, threads = line.split("\t")
+    for key, name, blocks, grid, threads in run_plans(exe, occupancy, lines):
         case, op, dtype, fmt = key.split(":")
         launches.append(dict(case=case, op=op, dtype=dtype, format=fmt, kernel=name, blocks=int(blocks),
-                             threads=int(threads), shape=cases[key][3:]))
+                             grid=int(grid), threads=int(threads), shape=cases[key][3:]))
     return launches
 
 
@@ -320,7 +361,6 @@ def triton_variants(smoke: bool) -> list[dict]:
     from benchmarks.suites.ops import CASES_BY_DEVICE
     from hanet_fast.triton import height_gate as hg
     from hanet_fast.triton import height_pool as hp
-    from hanet_fast.triton._common import ELEMENTWISE_NCHW_CONFIGS, ELEMENTWISE_NHWC_CONFIGS
 
     out = []
 
@@ -354,9 +394,8 @@ def triton_variants(smoke: bool) -> list[dict]:
                     bins_cfg["num_warps"], hp._bins_grid(B, C, R, bins_cfg)[0], (1, 0), case.name)
                 if smoke:
                     return out
-                configs = ELEMENTWISE_NHWC_CONFIGS if cl else ELEMENTWISE_NCHW_CONFIGS
                 sg = (C * R, R, 1)
-                for i, config in enumerate(configs):
+                for i, config in enumerate(hp._backward_autotuner(is_max, cl).configs):
                     kw = config.kwargs
                     grid = B * triton.cdiv(C, kw["BLOCK_C"]) * triton.cdiv(H, kw["BLOCK_H"]) * triton.cdiv(W, kw["BLOCK_W"])
                     values = dict(C=C, H=H, W=W, R=R, MAX_BINS_PER_ROW=(R + H - 1) // H + 1,
@@ -368,7 +407,7 @@ def triton_variants(smoke: bool) -> list[dict]:
                 B, C, H, W = case.high_shape
                 sx = _strides(case.high_shape, fmt)
                 sa = (C * R, R, 1)
-                for i, config in enumerate(configs):
+                for i, config in enumerate((hg._gate_forward_nhwc if cl else hg._gate_forward_nchw).configs):
                     kw = config.kwargs
                     grid = B * triton.cdiv(C, kw["BLOCK_C"]) * triton.cdiv(H, kw["BLOCK_H"]) * triton.cdiv(W, kw["BLOCK_W"])
                     values = dict(C=C, H=H, W=W, R=R, **dict(zip(("sxb", "sxc", "sxh", "sxw"), sx)),
@@ -415,12 +454,11 @@ def compile_triton(variants: list[dict], work: Path) -> list[dict]:
             compiled = compile_for_sm90(fn, v["pointers"], constants, v["num_warps"], divisible)
             cubin = work / f"triton_{len(cache)}.cubin"
             cubin.write_bytes(compiled.asm["cubin"])
-            usage = _run([cuobjdump, "-res-usage", str(cubin)])
-            regs = int(re.search(r"REG:(\d+)", usage).group(1))
-            local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+            (usage,) = resource_usage(cubin).values()
             instrs = next(iter(split_sass(_run([cuobjdump, "-sass", str(cubin)])).values()))
+            ldl, stl = local_accesses(instrs)
             smem = int(getattr(compiled.metadata, "shared", 0))
-            cache[key] = dict(regs=regs, local=local, smem=smem,
+            cache[key] = dict(regs=usage["regs"], stack=usage["stack"], ldl=ldl, stl=stl, smem=smem,
                               loop=analyze(instrs, ELEMENT_BYTES[v["dtype"]], *v["streams"]))
         info = cache[key]
         threads = v["num_warps"] * 32
@@ -450,6 +488,38 @@ def _loop_cells(loop: LoopStats) -> list[str]:
             f"{loop.per_element:.2f}", f"{loop.per_element / 32:.3f}"]
 
 
+# H100 SXM datasheet rates, for the expected cost of a hot loop that is not 128-bit (estimates, not
+# measurements): DRAM bandwidth, and warp-instructions an SM issues per second (four schedulers,
+# one a clock each, at the 1.98 GHz boost clock).
+DRAM_BYTES_PER_S = 3.35e12
+ISSUE_PER_SM_PER_S = 4 * 1.98e9
+
+
+def narrow_hot_loops(cuda: dict, launches: list[dict], sms: int) -> list[str]:
+    """Markdown rows of the launches at the benchmark shapes whose kernel streams a whole tensor
+    (an ``_nchw`` / ``_nhwc`` kernel) with hot-loop accesses to it narrower than 128 bits, and what that
+    is expected to cost: the hot loop's issue time (its warp-instructions over the SMs' issue
+    rate) against the time its tensors take through DRAM, the larger being about the kernel's."""
+    rows = []
+    for l in launches:
+        k = cuda.get(l["kernel"])
+        family = k["short"].split("::")[-1].split("<")[0] if k else ""
+        if not k or not re.search(r"_(nchw|nhwc)_kernel$", family):
+            continue
+        loop = k["loop"]
+        streams_in, streams_out = CUDA_STREAMS[family]
+        # The streamed tensors' accesses: a write-only kernel's loads read small inputs (bins).
+        if all(w >= 128 for w in (*(loop.loads if streams_in else ()), *(loop.stores if streams_out else ()))):
+            continue
+        elements = math.prod(l["shape"][:4])
+        memory_us = elements * ELEMENT_BYTES[l["dtype"]] * (streams_in + streams_out) / DRAM_BYTES_PER_S * 1e6
+        issue_us = elements * loop.per_element / 32 / (ISSUE_PER_SM_PER_S * sms) * 1e6
+        rows.append("| " + " | ".join([l["case"], l["op"], l["dtype"], l["format"], k["short"], widths(loop.loads),
+                                       widths(loop.stores), f"{loop.per_element / 32:.3f}", f"{memory_us:.1f}",
+                                       f"{issue_us:.1f}", f"{max(0.0, issue_us - memory_us):.1f}"]) + " |")
+    return rows
+
+
 def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[dict] | None, sms: int,
              commit: str) -> str:
     out = [f"# Static kernel report, sm_90 ({sms} SMs)", "",
@@ -458,40 +528,63 @@ def markdown(cuda: dict | None, launches: list[dict] | None, triton_rows: list[d
            "of the hot loop per element of the streamed tensor, per thread; warp-instr/elem: the same per warp",
            "(a warp issues one instruction for its 32 threads), the figure to hold against the SMs' issue rate",
            "(an H100 issues about 0.7 warp-instructions per bf16 element at 3 TB/s). Waves: the grid, as",
-           "launch() cuts it to the resident blocks of the SMs (CUDA), over blocks/SM x SMs.", ""]
+           "launch() cuts it to the resident blocks of the SMs (CUDA: resident_grid() of kernels/common.cuh,",
+           "asking each kernel's own occupancy), over blocks/SM x SMs.", ""]
     if launches is not None and cuda is not None:
         out += ["## CUDA launches at the benchmark shapes", "",
-                "| case | op | dtype | format | kernel | regs | spill B | blocks/SM | grid | waves | loads | stores "
-                "| loop instr | elem/iter | instr/elem | warp-instr/elem |", "|" + "---|" * 16]
+                "| case | op | dtype | format | kernel | regs | stack B | LDL/STL | blocks/SM | grid | waves | loads "
+                "| stores | loop instr | elem/iter | instr/elem | warp-instr/elem |", "|" + "---|" * 17]
         for l in launches:
             k = cuda.get(l["kernel"])
             if k is None:
                 out.append(f"| {l['case']} | {l['op']} | {l['dtype']} | {l['format']} | {l['kernel']} (not in the cubins) |")
                 continue
             per_sm = blocks_per_sm(k["regs"], l["threads"], k["smem"])
-            grid = min(l["blocks"], per_sm * sms)  # launch() cuts grid-stride grids to the resident blocks
+            grid = l["grid"]  # as resident_grid() of kernels/common.cuh cut it
             waves = grid / (per_sm * sms) if per_sm else float("inf")
             out.append("| " + " | ".join([l["case"], l["op"], l["dtype"], l["format"], k["short"], str(k["regs"]),
-                                          str(k["spill_stores"]), str(per_sm), str(grid), f"{waves:.2f}",
+                                          str(k["stack"]), f"{k['ldl']}/{k['stl']}", str(per_sm), str(grid),
+                                          f"{waves:.2f}",
                                           *_loop_cells(k["loop"])]) + " |")
         out.append("")
+        narrow = narrow_hot_loops(cuda, launches, sms)
+        out += ["## CUDA hot loops below 128 bits at the benchmark shapes", "",
+                "Expected cost, from H100 SXM datasheet rates (3.35 TB/s; 4 warp-instructions per SM per clock at "
+                "1.98 GHz), not measured: DRAM us = the kernel's streamed tensors at full bandwidth; issue us =",
+                "the hot loop's warp-instructions at the full issue rate; extra us = how much the issue time",
+                "exceeds the DRAM time (0: the narrow accesses hide under the memory traffic). A kernel whose",
+                "vector width is 1 (`<...,1>`, `<...,1,T>`) is the fallback for a channel count that is not a",
+                "multiple of the 16-byte vector (4 float32, 8 bfloat16 channels; C = 19 at L5): in channels_last",
+                "a vector would straddle two pixels, and in NCHW a row width that is not a multiple of it would.",
+                ""]
+        if narrow:
+            out += ["| case | op | dtype | format | kernel | loads | stores | warp-instr/elem | DRAM us | issue us "
+                    "| extra us |", "|" + "---|" * 11, *narrow, ""]
+        else:
+            out += ["None.", ""]
     if cuda is not None:
+        spilling = sorted(k["short"] for k in cuda.values() if spills(k))
         out += ["## Every CUDA kernel instantiation", "",
-                "| kernel | regs | spill st/ld B | smem B | blocks/SM (256 threads) | hot loop | loads | stores "
-                "| loop instr | elem/iter | instr/elem | warp-instr/elem |", "|" + "---|" * 12]
+                "Kernels with a stack frame or LDL / STL: " + ("; ".join(spilling) if spilling else "none") + ".", "",
+                "| kernel | regs | spill st/ld B | stack B | LDL/STL | smem B | blocks/SM | hot loop "
+                "| loads | stores | loop instr | elem/iter | instr/elem | warp-instr/elem |", "|" + "---|" * 14]
         for name, k in sorted(cuda.items(), key=lambda kv: kv[1]["short"]):
             out.append("| " + " | ".join([k["short"], str(k["regs"]), f"{k['spill_stores']}/{k['spill_loads']}",
-                                          str(k["smem"]), str(blocks_per_sm(k["regs"], 256, k["smem"])),
+                                          str(k["stack"]), f"{k['ldl']}/{k['stl']}", str(k["smem"]),
+                                          str(blocks_per_sm(k["regs"], CUDA_THREADS, k["smem"])),
                                           k["loop"].where, *_loop_cells(k["loop"])]) + " |")
         out.append("")
     if triton_rows is not None:
+        spilling = sorted({r["label"] for r in triton_rows if spills(r)})
         out += ["## Triton kernels at the benchmark shapes", "",
-                "| case / op / dtype / format | kernel | config | warps | regs | local B | smem B | blocks/SM | grid "
-                "| waves | loads | stores | loop instr | elem/iter | instr/elem | warp-instr/elem |", "|" + "---|" * 16]
+                "Kernels with a stack frame or LDL / STL: " + ("; ".join(spilling) if spilling else "none") + ".", "",
+                "| case / op / dtype / format | kernel | config | warps | regs | stack B | LDL/STL | smem B | blocks/SM "
+                "| grid | waves | loads | stores | loop instr | elem/iter | instr/elem | warp-instr/elem |",
+                "|" + "---|" * 17]
         for r in triton_rows:
             config = ",".join(f"{k}={v}" for k, v in r["config"].items() if k.startswith("BLOCK") or k == "IS_MAX")
             out.append("| " + " | ".join([r["label"], r["kernel"], config, str(r["num_warps"]), str(r["regs"]),
-                                          str(r["local"]), str(r["smem"]), str(r["blocks_per_sm"]), str(r["grid"]),
+                                          str(r["stack"]), f"{r['ldl']}/{r['stl']}", str(r["smem"]), str(r["blocks_per_sm"]), str(r["grid"]),
                                           f"{r['waves']:.2f}", *_loop_cells(r["loop"])]) + " |")
         out.append("")
     return "\n".join(out)
@@ -525,9 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         cuda = launches = triton_rows = None
         if "cuda" not in skip:
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                plans = pool.submit(cuda_plans, work, args.sms, args.smoke)
+                plans = pool.submit(build_plans, work)
                 cuda = compile_cuda(work, args.smoke)
-                launches = plans.result()
+                launches = cuda_plans(plans.result(), cuda, args.sms, args.smoke)
             if args.smoke:
                 launches = [l for l in launches if l["kernel"] in cuda]
             if args.only:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hanet_fast.train as train_cli
+import hanet_fast.training.trainer as trainer_module
 from hanet_fast.training.losses import (CLASS_WEIGHTS, image_class_weights, image_weighted_cross_entropy,
                                         segmentation_loss)
 from test_train import TINY
@@ -156,7 +157,7 @@ def test_training_loop_uses_the_loss_flags(tmp_path, monkeypatch):
         seen.append(kwargs)
         return segmentation_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train_cli, "segmentation_loss", spy)
+    monkeypatch.setattr(trainer_module, "segmentation_loss", spy)
     train_cli.main(TINY + ["--iters", "2", "--stop-after", "1", "--workers", "0", "--out", str(tmp_path / "run"),
                            "--cache-dir", str(tmp_path / "cache"), "--cls-wt-loss", "--img-wt-loss",
                            "--batch-weighting", "--wt-bound", "0.5"])

@@ -38,6 +38,7 @@ from hanet_fast.models import (
     to_official_state_dict,
 )
 from hanet_fast.models.summary import PAPER_TABLE2, model_cost
+from hanet_fast.models.summary import main as summary_main
 
 pytestmark = pytest.mark.usefixtures("one_thread", "quiet_fallback_warning")
 
@@ -528,6 +529,59 @@ def test_row_pos():
         model(images, row_pos[:, :100])
     with pytest.raises(TypeError, match="row_pos"):
         model(images, torch.zeros(2, 128, dtype=torch.long))
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_no_row_pos_is_exactly_the_full_image_positions_at_every_height(output_stride):
+    """model(x) == model(x, arange(H) / H) bit for bit, also for heights that are not multiples
+    of the rows (where coarse row j sits at image row floor(j * H / rows), position not always j)."""
+    model = _small(output_stride=output_stride, hanet_layers=(1, 1, 1, 1, 1)).eval()
+    _randomize_bn(model, 2)
+    for height in (200, 216, 250, 375, 723):
+        images = torch.randn(1, 3, height, 24)
+        with torch.no_grad():
+            assert torch.equal(model(images).logits, model(images, _row_pos(1, height)).logits), height
+
+
+def test_predict_and_the_data_pipeline_use_the_same_full_image_positions():
+    """predict without row_pos (infer) is model(x) (at 216 rows, not a multiple of 16), and the
+    data sets' numpy positions (evaluate) are the same float32 values as the model's default."""
+    from hanet_fast.data import full_row_pos
+    from hanet_fast.inference import predict
+    from hanet_fast.nn import full_image_row_pos
+
+    for height in (1, 7, 200, 216, 250, 375, 723, 1024, 4097):
+        assert torch.equal(torch.from_numpy(full_row_pos(height)), full_image_row_pos(1, height)[0]), height
+    model = _small(hanet_layers=(1, 1, 1, 1, 1)).eval()
+    images = torch.randn(1, 3, 216, 24)
+    with torch.no_grad():
+        assert torch.equal(predict(model, images), model(images).logits.softmax(1))
+
+
+def test_no_row_pos_matches_the_official_network_on_full_images_of_any_height():
+    """216 rows (not a multiple of 16): the default path equals the official network fed the
+    full-image position maps (issue 21: it differed by 13.9 % with coarse row j at position j)."""
+    official = _official_network("mobilenetv2", "D16", seed=3, size=(216, 40), hanet=(1, 1, 1, 1, 1),
+                                 hanet_set=(3, 16, 3), hanet_pos=(2, 1))
+    model = load_official_checkpoint({"state_dict": official.state_dict(), "command": _command(
+        "DeepMobileNetV3PlusD_HANet", (1, 1, 1, 1, 1), (3, 16, 3), (2, 1))})
+    images = torch.randn(2, 3, 216, 40)
+    with torch.no_grad():
+        ref = official(images, official_pos(2, 216, 40))
+        out = model(images).logits
+    assert ((out - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+@pytest.mark.parametrize("argv,flag", [(["--size", "0", "0"], "--size"), (["--size", "-5", "10"], "--size"),
+                                       (["--reduction", "-1"], "--reduction"), (["--reduction", "0"], "--reduction"),
+                                       (["--hanet-layers", "1", "1", "1", "1", "2"], "--hanet-layers")])
+def test_summary_bad_arguments_are_one_line(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        summary_main(argv)
+    err = capsys.readouterr().err
+    # argparse's usage line, then the one error line naming the flag; no traceback
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"python -m hanet_fast.models.summary: error: {flag} "), err
 
 
 def test_aux_head():

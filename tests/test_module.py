@@ -22,14 +22,15 @@ pytestmark = pytest.mark.usefixtures("one_thread", "quiet_fallback_warning")
 
 # ----------------------------------------------------------------------------- helpers
 def official_table(n_position: int, d_hid: int) -> np.ndarray:
-    """The official get_sinusoid_encoding_table (network/PosEmbedding.py) + 1, written out in numpy."""
+    """The official get_sinusoid_encoding_table (network/PosEmbedding.py) + 1, written out in numpy:
+    the float64 table rounded to float32 (its torch.FloatTensor), then 1 added in float32."""
     cycle = 10 if d_hid > 50 else 100
     table = np.array(
         [[pos / np.power(cycle, 2 * (j // 2) / d_hid) for j in range(d_hid)] for pos in range(n_position)]
     )
     table[:, 0::2] = np.sin(table[:, 0::2])
     table[:, 1::2] = np.cos(table[:, 1::2])
-    return (table + 1).astype(np.float32)
+    return table.astype(np.float32) + np.float32(1)
 
 
 def make_module(*, seed: int = 0, dtype=torch.float64, in_channels=40, out_channels=6, rows=16, **kwargs) -> HANet:
@@ -68,13 +69,12 @@ def oracle(m: HANet, x_low, x_high, row_pos=None) -> tuple[torch.Tensor, torch.T
     def add_pos(t):
         if m.pos_encoding is None:
             return t
-        B = t.shape[0]
-        if row_pos is None:
-            pos = torch.arange(R).expand(B, R)
-        else:
-            # the official order: quantise every image row, pad rows -> R, one nearest resize to R entries
-            p = torch.where(row_pos == 1.0, R, torch.floor(row_pos * R + 1e-3).clamp(0, R - 1))
-            pos = F.interpolate(p.float()[:, None], size=R, mode="nearest").long()[:, 0]
+        B, h_low = t.shape[0], x_low.shape[2]
+        # None: x_low spans a full image, the positions arange(H_low) / H_low
+        rp = (torch.arange(h_low, dtype=torch.float64) / h_low).expand(B, h_low) if row_pos is None else row_pos
+        # the official order: quantise every image row, pad rows -> R, one nearest resize to R entries
+        p = torch.where(rp == 1.0, R, torch.floor(rp * R + 1e-3).clamp(0, R - 1))
+        pos = F.interpolate(p.float()[:, None], size=R, mode="nearest").long()[:, 0]
         return t + m.pos_encoding.weight[pos].transpose(1, 2).to(t.dtype)
 
     def conv_bn_relu(seq, t):
@@ -252,6 +252,14 @@ def test_sinusoid_table_matches_official_formula(n, dim):
     torch.testing.assert_close(m.weight, table, rtol=0, atol=0)
 
 
+def test_sinusoid_table_rounds_twice_as_the_official_does():
+    """Bit for bit the official rounding (float64 -> float32, then + 1 in float32) for many sizes;
+    adding 1 in float64 and rounding once differs by an ulp somewhere in these."""
+    for n in (2, 5, 9, 17, 33, 65, 129):
+        for dim in [*range(1, 70), 80, 96, 128, 160, 256, 304, 320, 512, 1280, 2048]:
+            assert np.array_equal(sinusoid_table(n, dim).numpy(), official_table(n, dim)), (n, dim)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_positions_without_row_pos_and_full_image_row_pos_agree(dtype):
     # the official nearest resize maps coarse row j to input row floor(j * H / rows): H a multiple of rows
@@ -267,6 +275,22 @@ def test_positions_without_row_pos_and_full_image_row_pos_agree(dtype):
         torch.testing.assert_close(m(x_low, x_high, full), m(x_low, x_high), rtol=0, atol=0)
         # a crop elsewhere gives other positions, hence another attention
         assert not torch.equal(m(x_low, x_high, crop_row_pos(2, rows * k).to(dtype)), m(x_low, x_high))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_without_row_pos_is_the_full_image_of_x_lows_height(backend):
+    """None means exactly arange(H_low) / H_low, also when H_low is not a multiple of rows (then
+    coarse row j sits at row floor(j * H_low / rows), whose position is not always j)."""
+    rows = 16
+    for h_low in (13, 14, 25, 47, 91, 16, 64):
+        m = make_module(rows=rows, pos_encoding="sinusoidal", pos_injection=2, backend=backend).eval()
+        x_low, x_high = make_inputs(h_low, 7)
+        full = (torch.arange(h_low) / h_low).expand(2, h_low)
+        assert torch.equal(m(x_low, x_high), m(x_low, x_high, full)), h_low
+        want = (torch.arange(rows) * h_low // rows) * rows // h_low
+        assert torch.equal(coarse_positions(full, rows, 2), want.expand(2, rows))
+        if h_low % rows:  # the positions differ from "coarse row j at position j" here
+            assert not torch.equal(want, torch.arange(rows)), h_low
 
 
 def test_positions_of_integer_pixel_rows_match_official_integer_math():

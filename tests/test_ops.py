@@ -97,6 +97,43 @@ def test_height_gate_single_gradient(backend, device, wanted):
 
 
 @pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
+def test_forward_mode_ad_matches_reference(backend, device):
+    """Dual tensors (torch.autograd.forward_ad) get the reference's tangent from every fused op,
+    never None; torch.func.jvp, jacfwd and forward-over-reverse (Hessian-vector) agree too."""
+    import torch.autograd.forward_ad as fwAD
+
+    require_backend(backend, device)
+    shape = (2, 3, 7, 5, 4)
+    x, attn = make_x(shape, torch.float64, device), make_attn(shape, torch.float64, device)
+    x_t, attn_t = make_x(shape, torch.float64, device, seed=2), make_attn(shape, torch.float64, device, seed=3)
+    calls = {
+        "pool_avg": lambda b, x, a: hanet_fast.height_pool(x, 4, "avg", backend=b),
+        "pool_max": lambda b, x, a: hanet_fast.height_pool(x, 4, "max", backend=b),
+        "gate": lambda b, x, a: hanet_fast.height_gate(x, a, backend=b),
+    }
+    for name, call in calls.items():
+        for tangents in ((x_t, attn_t), (x_t, None), (None, attn_t)):
+            if name != "gate" and tangents[0] is None:
+                continue
+            results = {}
+            for b in (backend, "reference"):
+                with fwAD.dual_level():
+                    duals = [v if t is None else fwAD.make_dual(v, t) for v, t in zip((x, attn), tangents)]
+                    results[b] = fwAD.unpack_dual(call(b, *duals)).tangent
+            assert results[backend] is not None, (name, tangents)
+            torch.testing.assert_close(results[backend], results["reference"], atol=1e-12, rtol=1e-12)
+        # forward over reverse: the jvp of the backward ops
+        def loss(b):
+            return lambda x, a: calls[name](b, x, a).sin().sum()
+        hvp = torch.func.jvp(torch.func.grad(loss(backend), argnums=(0, 1)), (x, attn), (x_t, attn_t))[1]
+        hvp_ref = torch.func.jvp(torch.func.grad(loss("reference"), argnums=(0, 1)), (x, attn), (x_t, attn_t))[1]
+        for got, want in zip(hvp, hvp_ref):
+            torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    jac = torch.func.jacfwd(lambda a: hanet_fast.height_gate(x, a, backend=backend))(attn)
+    torch.testing.assert_close(jac, torch.func.jacfwd(lambda a: reference.height_gate(x, a))(attn), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED_BACKENDS)
 @pytest.mark.parametrize("op", ["pool_avg", "pool_max", "gate"])
 def test_non_dense_strides(backend, device, op):
     """Inputs that are neither NCHW- nor NHWC-contiguous still give the reference's answer."""
@@ -353,6 +390,66 @@ def test_backend_env_var_overrides_auto(tmp_path):
     env["HANET_FAST_BACKEND"] = "nonsense"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "HANET_FAST_BACKEND='nonsense'" in bad.stderr
+    assert "ValueError" in bad.stderr
+
+
+@pytest.mark.parametrize("value", ["bogus", "CPU", ""])
+def test_bad_backend_env_var_fails_at_first_use_not_at_import(value, tmp_path):
+    """Importing works (so every --help does); the first op, module or command asking for 'auto'
+    raises a ValueError naming the variable; a backend named explicitly still runs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HANET_FAST_BACKEND": value, "OMP_NUM_THREADS": "1"}
+    code = (
+        "import torch, hanet_fast, hanet_fast.infer, hanet_fast.evaluate, hanet_fast.export\n"
+        "x = torch.randn(1, 2, 4, 3)\n"
+        "print(hanet_fast.height_pool(x, 2, backend='reference').shape[2])\n"
+        "for call in (lambda: hanet_fast.height_pool(x, 2), lambda: hanet_fast.height_gate(x, torch.rand(1, 2, 2)),\n"
+        "             lambda: hanet_fast.nn.HANet(2, 2)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError', e)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == "2" and len(lines) == 4
+    assert all(line.startswith("ValueError") and f"HANET_FAST_BACKEND={value!r}" in line for line in lines[1:])
+    helped = subprocess.run([sys.executable, "-m", "hanet_fast.infer", "--help"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert helped.returncode == 0 and "usage" in helped.stdout, helped.stderr[-2000:]
+
+
+def test_bad_backend_env_var_is_one_line_from_a_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tiny_model import save_tiny_checkpoint
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "checkpoint.pt")
+    env = {**os.environ, "HANET_FAST_BACKEND": "CPU", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "hanet_fast.export", "--checkpoint", checkpoint, "--format", "pt2",
+                          "--size", "32x32", "--out", str(tmp_path / "m.pt2")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert "HANET_FAST_BACKEND='CPU'" in run.stderr and not (tmp_path / "m.pt2").exists()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_float8_and_sparse_inputs_raise_type_error_naming_the_argument(backend):
+    require_backend(backend, "cpu")
+    x, attn = torch.randn(1, 2, 4, 3), torch.rand(1, 2, 2)
+    for name, bad_x, bad_attn in (("x", x.to(torch.float8_e4m3fn), attn), ("x", x.to_sparse(), attn),
+                                  ("attn", x, attn.to(torch.float8_e5m2)), ("attn", x, attn.to_sparse())):
+        with pytest.raises(TypeError, match=f"^hanet_fast: {name} must "):
+            hanet_fast.height_gate(bad_x, bad_attn, backend=backend)
+        if name == "x":
+            with pytest.raises(TypeError, match="^hanet_fast: x must "):
+                hanet_fast.height_pool(bad_x, 2, backend=backend)
 
 
 def test_cpu_backend_refuses_tensors_of_another_device():

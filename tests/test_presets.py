@@ -12,7 +12,9 @@ import sys
 import pytest
 import torch
 
-from hanet_fast.train import DEFAULT_PRESET, PRESET_PROCESSES, PRESETS, build_model, main, resolve_args
+from hanet_fast.train import main, resolve_args
+from hanet_fast.training.model import build_model
+from hanet_fast.training.presets import DEFAULT_PRESET, PRESET_PROCESSES, PRESETS
 from test_train import ROOT, _env
 
 pytestmark = pytest.mark.usefixtures("one_thread")

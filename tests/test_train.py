@@ -12,7 +12,8 @@ import torch
 
 from hanet_fast.data import SyntheticUrbanScenes, TrainTransform
 from hanet_fast.models import deeplabv3plus
-from hanet_fast.train import PRESETS, build_parser, main, resolve_args
+from hanet_fast.train import build_parser, main, resolve_args
+from hanet_fast.training.presets import PRESETS
 from hanet_fast.training.losses import downsample_labels, segmentation_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +132,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, full_run, m
 _KILLER = """
 import io, os, signal, sys
 import torch
+import hanet_fast.evaluation as E
 import hanet_fast.train as T
+import hanet_fast.training.reporters as R
 what, n = sys.argv[1], int(sys.argv[2])
 calls = [0]
 def kill_at_n():
@@ -149,13 +152,13 @@ if what == "save":
         return real_save(obj, f, *args, **kwargs)
     torch.save = save
 else:
-    real_validate = T.accumulate_confusion
+    real_validate = E.accumulate_confusion
     def validate(*args, **kwargs):
         if kill_at_n():
             os.kill(os.getpid(), signal.SIGKILL)
         return real_validate(*args, **kwargs)
-    T.accumulate_confusion = validate
-real_writer = T._writer
+    E.accumulate_confusion = validate
+real_writer = R.tensorboard_writer
 def writer(*args, **kwargs):
     w = real_writer(*args, **kwargs)
     add = w.add_scalar
@@ -164,7 +167,7 @@ def writer(*args, **kwargs):
         w.flush()
     w.add_scalar = add_scalar
     return w
-T._writer = writer
+R.tensorboard_writer = writer
 T.main(sys.argv[3:])
 """
 

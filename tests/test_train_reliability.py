@@ -124,7 +124,7 @@ def test_nonempty_run_folder_is_refused_and_overwrite_replaces_the_run(tmp_path,
 
 
 def test_default_run_folders_never_collide(tmp_path):
-    from hanet_fast.train import create_run_folder
+    from hanet_fast.training.run_folder import create_run_folder
 
     first = create_run_folder("20260101-120000", str(tmp_path))
     second = create_run_folder("20260101-120000", str(tmp_path))

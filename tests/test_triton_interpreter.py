@@ -134,7 +134,6 @@ def test_kernels_compile_for_sm90():
         pytest.skip("triton has no NVIDIA backend")
     from hanet_fast.triton import height_gate as hg
     from hanet_fast.triton import height_pool as hp
-    from hanet_fast.triton._common import ELEMENTWISE_NCHW_CONFIGS, ELEMENTWISE_NHWC_CONFIGS
 
     # (C, H, W, R): a typical map, and sizes of 1 (Triton turns int arguments equal to 1 into constants).
     shapes = [(256, 97, 96, 16), (1, 1, 1, 1)]
@@ -160,13 +159,15 @@ def test_kernels_compile_for_sm90():
                     constants = dict(IS_MAX=is_max, IS_FP64=fp64, **blocks, **({"S": 1} if S == 1 else {}),
                                      **{k: 1 for k, v in dict(C=C, H=H, W=W, R=R).items() if v == 1})
                     _compile_for_sm90(hp._bins_kernel, pointers, constants, bins_cfg["num_warps"])
-                configs = ELEMENTWISE_NHWC_CONFIGS if channels_last else ELEMENTWISE_NCHW_CONFIGS
-                for config in (configs[0], configs[-1]):
-                    for is_max in (False, True):
+                for is_max in (False, True):
+                    configs = hp._backward_autotuner(is_max, channels_last).configs
+                    for config in (configs[0], configs[-1]):
                         index_type = "*i64" if is_max else f"*{dtype}"
                         pointers = {"gx_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "idx_ptr": index_type}
                         constants = dict(IS_MAX=is_max, IS_FP64=fp64, **config.kwargs, **ones)
                         _compile_for_sm90(hp._pool_backward_kernel, pointers, constants, config.num_warps)
+                configs = (hg._gate_forward_nhwc if channels_last else hg._gate_forward_nchw).configs
+                for config in (configs[0], configs[-1]):
                     pointers = {"y_ptr": f"*{dtype}", "x_ptr": f"*{dtype}", "attn_ptr": f"*{dtype}"}
                     constants = dict(IS_FP64=fp64, **config.kwargs, **unit_stride, **ones)
                     _compile_for_sm90(hg._gate_forward_kernel, pointers, constants, config.num_warps)

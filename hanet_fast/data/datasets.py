@@ -21,18 +21,36 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from hanet_fast.data.labels import IGNORE_INDEX, NUM_CLASSES, label_to_train_lut
+from hanet_fast.data.labels import CITYSCAPES_LABELS, IGNORE_INDEX, NUM_CLASSES, LabelSet, label_to_train_lut
 from hanet_fast.data.synthetic import SPLIT_IDS, generate_scene
 from hanet_fast.data.transforms import EvalTransform, full_row_pos
 
-__all__ = ["DatasetError", "SegmentationDataset", "SyntheticUrbanScenes", "Cityscapes", "BDD100K", "ImageFolder",
-           "read_image", "read_label"]
+__all__ = ["DatasetError", "LabelError", "SegmentationDataset", "SyntheticUrbanScenes", "Cityscapes", "BDD100K",
+           "ImageFolder", "BoostedDataset", "BDD100K_CLASS_UNIFORM_TILE", "read_image", "read_label", "check_label_values"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class DatasetError(RuntimeError):
     """A data set file is missing or unreadable, or a data set tree is malformed."""
+
+
+class LabelError(DatasetError, ValueError):
+    """A label map or label table (e.g. Mapillary's ``config.json``) that does not fit the data
+    set's classes; the message names the file. Also a ValueError, as library argument errors are."""
+
+
+def check_label_values(mask: np.ndarray, path: str, valid: int, meaning: str,
+                       ignore: int | None = IGNORE_INDEX) -> None:
+    """:class:`LabelError` naming ``path`` if ``mask`` holds a value ``>= valid`` other than
+    ``ignore`` (such values would crash the loss or the confusion matrix far from the file's
+    name); ``meaning`` says what the valid values are."""
+    if mask.max(initial=0) < valid:
+        return
+    bad = np.unique(mask[(mask >= valid) & (mask != ignore)])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise LabelError(f"hanet_fast.data: label {path} holds values {shown}, outside {meaning}")
 
 
 def _rgb8(im: Image.Image, path: str) -> Image.Image:
@@ -99,7 +117,13 @@ def read_label(path: str) -> np.ndarray:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Base class: subclasses implement ``__len__``, :meth:`load` and :meth:`cache_key`."""
+    """Base class: subclasses implement ``__len__``, :meth:`load` and :meth:`cache_key`.
+
+    ``labels`` (a :class:`~hanet_fast.data.labels.LabelSet`) names and colours the train ids the
+    masks hold: the 19 Cityscapes classes unless a data set defines others (Mapillary's 65).
+    """
+
+    labels: LabelSet = CITYSCAPES_LABELS
 
     def __init__(self, transform: Callable | None = None) -> None:
         self.transform = transform if transform is not None else EvalTransform()
@@ -181,16 +205,18 @@ class _FilePairs(SegmentationDataset):
         if label_path is None:
             mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
         else:
-            mask = read_label(label_path)
-            if self.label_lut is not None:
-                mask = self.label_lut[mask]
+            mask = self.train_ids(read_label(label_path), label_path)
         return {"image": image, "mask": mask, "path": image_path}
 
     def load_mask(self, index: int) -> np.ndarray:
         label_path = self.pairs[index][1]
         if label_path is None:
             return np.full((1, 1), IGNORE_INDEX, dtype=np.uint8)
-        mask = read_label(label_path)
+        return self.train_ids(read_label(label_path), label_path)
+
+    def train_ids(self, mask: np.ndarray, path: str) -> np.ndarray:
+        """The train ids of the label map read from ``path`` (through ``label_lut`` where set);
+        subclasses check the values their files may hold."""
         return self.label_lut[mask] if self.label_lut is not None else mask
 
     def cache_key(self) -> str:
@@ -220,6 +246,23 @@ def _require_dir(path: str, what: str) -> None:
         raise DatasetError(f"hanet_fast.data: {what} folder not found: {path}")
 
 
+def pairs_by_name(image_dir: str, label_dir: str, what: str) -> list[tuple[str, str]]:
+    """``(image, label)`` for every image of ``image_dir`` (sorted), its label map the PNG of the
+    same name in ``label_dir``; DatasetError naming the missing folder, or the first missing label."""
+    _require_dir(image_dir, f"{what} image")
+    _require_dir(label_dir, f"{what} label")
+    images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not images:
+        raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
+    pairs = []
+    for path in images:
+        label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        if not os.path.isfile(label):
+            raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
+        pairs.append((path, label))
+    return pairs
+
+
 TRAINVAL_PARTS = ("train", "val")
 
 
@@ -243,6 +286,7 @@ class Cityscapes(_FilePairs):
         for part in TRAINVAL_PARTS if split == "trainval" else (split,):
             image_dir = os.path.join(root, "leftImg8bit", part)
             _require_dir(image_dir, "Cityscapes image")
+            _require_dir(os.path.join(root, gt, part), f"Cityscapes {mode} label")
             images = sorted(glob.glob(os.path.join(image_dir, "*", "*_leftImg8bit.png")))
             if not images:
                 raise DatasetError(f"hanet_fast.data: no *_leftImg8bit.png images under {image_dir}")
@@ -258,6 +302,12 @@ class Cityscapes(_FilePairs):
         self.root, self.split, self.mode = root, split, mode
 
 
+#: Class-uniform tile for BDD100K's 1280 x 720 images: half their width, as the official 1024 is
+#: half of Cityscapes' 2048 columns, so that each image gives two full tiles side by side (rows
+#: 0-639) as a Cityscapes image does; the official 1024 fits no tile in 720 rows (no centroid).
+BDD100K_CLASS_UNIFORM_TILE = 640
+
+
 class BDD100K(_FilePairs):
     """BDD100K segmentation: ``root/images/10k/<split>/<name>.jpg`` with
     ``root/labels/sem_seg/masks/<split>/<name>.png`` (already the 19 trainIds, 255 ignored)."""
@@ -265,40 +315,13 @@ class BDD100K(_FilePairs):
     def __init__(self, root: str, split: str = "train", transform: Callable | None = None) -> None:
         image_dir = os.path.join(root, "images", "10k", split)
         label_dir = os.path.join(root, "labels", "sem_seg", "masks", split)
-        _require_dir(image_dir, "BDD100K image")
-        images = sorted(p for p in glob.glob(os.path.join(image_dir, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            raise DatasetError(f"hanet_fast.data: no images under {image_dir}")
-        pairs = []
-        for path in images:
-            label = os.path.join(label_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
-            if not os.path.isfile(label):
-                raise DatasetError(f"hanet_fast.data: label file not found for {path}: {label}")
-            pairs.append((path, label))
-        super().__init__(pairs, transform)
+        super().__init__(pairs_by_name(image_dir, label_dir, "BDD100K"), transform)
         self.root, self.split = root, split
 
-    def load(self, index: int) -> dict:
-        sample = super().load(index)
-        _check_train_ids(sample["mask"], self.pairs[index][1])
-        return sample
-
-    def load_mask(self, index: int) -> np.ndarray:
-        mask = super().load_mask(index)
-        _check_train_ids(mask, self.pairs[index][1])
+    def train_ids(self, mask: np.ndarray, path: str) -> np.ndarray:
+        check_label_values(mask, path, NUM_CLASSES, f"the trainIds 0..{NUM_CLASSES - 1} and the ignore index "
+                                                    f"{IGNORE_INDEX} (BDD100K's labels/sem_seg/masks hold trainIds)")
         return mask
-
-
-def _check_train_ids(mask: np.ndarray, path: str) -> None:
-    """DatasetError naming ``path`` if the label map holds values other than the trainIds and the
-    ignore index: they would crash the loss or the confusion matrix far from the file's name."""
-    if mask.max(initial=0) < NUM_CLASSES:
-        return
-    bad = np.unique(mask[(mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)])
-    if bad.size:
-        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if bad.size > 5 else "")
-        raise DatasetError(f"hanet_fast.data: label {path} holds values {shown}, outside the trainIds 0..{NUM_CLASSES - 1} "
-                           f"and the ignore index {IGNORE_INDEX} (BDD100K's labels/sem_seg/masks hold trainIds)")
 
 
 class ImageFolder(_FilePairs):
@@ -312,3 +335,38 @@ class ImageFolder(_FilePairs):
             raise DatasetError(f"hanet_fast.data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
         super().__init__([(p, None) for p in images], transform)
         self.root = root
+
+
+class BoostedDataset(SegmentationDataset):
+    """The images of ``main`` followed by those of ``extra`` (index ``i >= len(main)`` is
+    ``extra[i - len(main)]``), with ``main``'s transform and labels.
+
+    Coarse boosting trains on this: the sampler draws its random images from the first
+    :attr:`main_length` indices only (``TrainSampler(length=main_length)``) and reaches the extra
+    (coarse) images only through the boosted classes' centroids.
+    """
+
+    def __init__(self, main: SegmentationDataset, extra: SegmentationDataset) -> None:
+        if main.labels.class_names != extra.labels.class_names:
+            raise ValueError(f"hanet_fast.data: extra must have main's classes, got {extra.labels.name!r} for "
+                             f"{main.labels.name!r}")
+        super().__init__(main.transform)
+        self.main, self.extra, self.main_length = main, extra, len(main)
+        self.labels = main.labels
+
+    def __len__(self) -> int:
+        return self.main_length + len(self.extra)
+
+    def _part(self, index: int) -> tuple[SegmentationDataset, int]:
+        return (self.main, index) if index < self.main_length else (self.extra, index - self.main_length)
+
+    def load(self, index: int) -> dict:
+        part, i = self._part(index)
+        return part.load(i)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        part, i = self._part(index)
+        return part.load_mask(i)
+
+    def cache_key(self) -> str:
+        return f"{type(self).__name__}\n{self.main.cache_key()}\n--extra--\n{self.extra.cache_key()}"

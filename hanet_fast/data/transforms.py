@@ -39,7 +39,7 @@ from PIL import Image
 from hanet_fast.nn.positional import PAD_ROW_POS
 
 __all__ = ["full_row_pos", "resize", "resize_image", "normalize_image", "crop", "crop_pad", "crop_origin", "hflip",
-           "color_jitter", "gaussian_blur", "blur_sigma", "TrainTransform", "EvalTransform", "to_tensor",
+           "color_jitter", "gaussian_blur", "blur_sigma", "TrainTransform", "EvalTransform", "ResizeHeightCrop", "to_tensor",
            "IMAGENET_MEAN", "IMAGENET_STD", "PAD_ROW_POS"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -266,4 +266,30 @@ class EvalTransform:
     def __call__(self, sample: dict, rng: np.random.Generator | None = None, centroid=None) -> dict:
         if self.size is not None:
             sample = resize(sample, *self.size)
+        return to_tensor(sample) if self.tensor else sample
+
+
+@dataclass
+class ResizeHeightCrop:
+    """The official validation transform of Mapillary (``ResizeHeight`` then ``CenterCropPad``):
+    resize to ``height`` rows and ``int(W / H * height)`` columns (image bicubic, mask and
+    ``row_pos`` nearest), then keep the middle ``height`` columns, from column
+    ``int(round((width - height) / 2))``, then to tensor. A narrower image is centred between
+    padding columns (image 0, mask 255); the official code pads it with label 0, a class, and
+    misplaces it (see docs/fidelity/data.md)."""
+
+    height: int = 1536
+    tensor: bool = True
+
+    def __post_init__(self) -> None:
+        if self.height < 1:
+            raise ValueError(f"hanet_fast.data: height must be >= 1, got {self.height}")
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None, centroid=None) -> dict:
+        h, w = sample["mask"].shape
+        side = self.height
+        width = max(1, int(w / h * side))
+        sample = resize(sample, side, width, "bicubic")
+        left = int(round((width - side) / 2)) if width >= side else -((side - width) // 2)
+        sample = crop(sample, 0, left, side, side)
         return to_tensor(sample) if self.tensor else sample

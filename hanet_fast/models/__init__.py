@@ -18,6 +18,7 @@ from hanet_fast.models.deeplab import (
     SegmentationOutput,
     deeplabv3plus,
 )
+from hanet_fast.models.timm_backbone import TIMM_PREFIX, convert_sync_batchnorm, is_timm_backbone
 from hanet_fast.models.official import (
     OfficialCheckpointError,
     convert_official_state_dict,
@@ -44,4 +45,7 @@ __all__ = [
     "infer_official_config",
     "load_official_checkpoint",
     "to_official_state_dict",
+    "TIMM_PREFIX",
+    "convert_sync_batchnorm",
+    "is_timm_backbone",
 ]

@@ -105,7 +105,7 @@ class BackboneSpec:
         low_stride: stride of ``layer1``'s output with respect to the input image.
         aux_channels: channels of ``layer3``'s output (stage 3: auxiliary head, HANet L1 input).
         out_channels: channels of ``layer4``'s output (stage 4: ASPP input).
-        family: ``"resnet"`` or ``"mobile"`` (how the trunk is dilated).
+        family: ``"resnet"``, ``"mobile"`` (how the trunk is dilated) or ``"timm"``.
         output_strides: the output strides it can be built at.
     """
 
@@ -130,9 +130,14 @@ _SPECS = {
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    """The :class:`BackboneSpec` of backbone ``name``; raises ``ValueError`` for an unknown name."""
+    """The :class:`BackboneSpec` of backbone ``name`` (one of :data:`BACKBONES` or ``"timm:NAME"``,
+    see :mod:`hanet_fast.models.timm_backbone`); raises ``ValueError`` for an unknown name."""
+    from hanet_fast.models import timm_backbone  # here: it imports this module
+
+    if timm_backbone.is_timm_backbone(name):
+        return timm_backbone.timm_spec(name)
     if name not in _SPECS:
-        raise ValueError(f"hanet_fast.models: backbone must be one of {BACKBONES}, got {name!r}")
+        raise ValueError(f"hanet_fast.models: backbone must be one of {BACKBONES} or 'timm:NAME', got {name!r}")
     return _SPECS[name]
 
 
@@ -142,7 +147,9 @@ def imagenet_weights(name: str) -> tvm.WeightsEnum:
     The ``IMAGENET1K_V1`` weights, the ones ``pretrained=True`` loaded when the official code
     was written. ``resnet101_deepstem`` has none in torchvision: raises ``ValueError``.
     """
-    backbone_spec(name)
+    if backbone_spec(name).family == "timm":
+        raise ValueError(f"hanet_fast.models: {name} is a timm backbone: its weights come from timm "
+                         "(hanet_fast.models.timm_backbone), not torchvision")
     if name == "resnet101_deepstem":
         raise ValueError(
             "hanet_fast.models: torchvision has no ImageNet weights for the deep-stem ResNet-101 "
@@ -309,9 +316,9 @@ def state_dict_differences(
     return missing, unexpected, mismatched
 
 
-def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}
+def check_state_dict_fits(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise one ``ValueError`` naming ``what`` and listing every key missing from ``state``,
+    every key ``own`` lacks and every shape mismatch; return when ``state`` fits ``own``."""
     missing, unexpected, shapes = state_dict_differences(state, own)
     mismatched = [f"{k} (file {file}, model {model})" for k, file, model in shapes]
     if missing or unexpected or mismatched:
@@ -323,6 +330,11 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, i
         if mismatched:
             parts.append(f"shape mismatch: {_describe(mismatched)}")
         raise ValueError(f"hanet_fast.models: {what} does not fit the backbone; " + "; ".join(parts))
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+    check_state_dict_fits(state, {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)}, what)
     result = module.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith(ignore) for k in result.missing_keys)
 

@@ -4,7 +4,8 @@ The network and its module names mirror the official ``DeepV3PlusHANet``
 (``network/deepv3.py`` of github.com/shachoi/HANet), so official checkpoints load with a
 renaming inside the HANet modules only (see :mod:`hanet_fast.models.official`)::
 
-    layer0 .. layer4      the trunk (hanet_fast.models.backbones)
+    layer0 .. layer4      the trunk (hanet_fast.models.backbones); a "timm:NAME" backbone is one
+                          module ``trunk`` instead (hanet_fast.models.timm_backbone)
     hanet0                L1: x_low = stage 3 (layer3 output), gates stage 4 (layer4 output)
     aspp                  ASPP: features[0] 1x1, features[1..3] 3x3 at rates 6/12/18 x 16/OS,
                           img_pooling + img_conv (image pooling); concatenated -> 1280 channels
@@ -22,8 +23,8 @@ renaming inside the HANet modules only (see :mod:`hanet_fast.models.official`)::
 
 Upsampling is bilinear with ``align_corners=True`` as in the official code.
 
-The official code could not be consulted when this was written: the structure above is
-reconstructed from knowledge of it. Two independent checks support it: the parameter counts
+The structure above follows the official ``network/deepv3.py``, ``network/HANet.py`` and
+``network/PosEmbedding.py``, read for this purpose. Two independent checks support it: the parameter counts
 and the paper's FLOP counts of every row of the paper's Table 2 are reproduced (see
 ``python -m hanet_fast.models.summary`` and the README), and ``tests/test_models.py`` rebuilds
 the official network in plain PyTorch and compares outputs through checkpoint loading.
@@ -42,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, backbone_spec, build_trunk
-from hanet_fast.nn import HANet
+from hanet_fast.models.timm_backbone import build_timm_trunk
+from hanet_fast.nn import HANet, full_image_row_pos
 
 __all__ = [
     "HANET_LAYERS",
@@ -67,7 +69,8 @@ DECODER_CHANNELS = 256
 class HANetConfig:
     """Settings of one HANet layer: the arguments of :class:`hanet_fast.nn.HANet` other than
     its channels (see there for their meaning). The defaults are the paper's (§4.1,
-    Table 3): 16 coarse rows, reduction 32, three 1-D convolutions with kernel 3, average
+    Table 3): 16 coarse rows, reduction 32, three 1-D convolutions (kernel 1, then 3, then
+    ``kernel_size`` = 3), average
     pooling, dropout 0.1, sinusoidal positional encoding injected after the first
     convolution, training jitter 0.5."""
 
@@ -247,8 +250,11 @@ class DeepLabV3PlusHANet(nn.Module):
         self.output_stride = output_stride
         self.num_classes = num_classes
 
-        layers, _ = build_trunk(backbone, output_stride, pretrained_backbone)
-        self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        if spec.family == "timm":  # one module returning [low, stage 3, stage 4]
+            self.trunk = build_timm_trunk(backbone, output_stride, pretrained_backbone)
+        else:
+            layers, _ = build_trunk(backbone, output_stride, pretrained_backbone)
+            self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = layers
 
         self.aspp = ASPP(spec.out_channels, ASPP_CHANNELS, output_stride)
         self.bot_fine = _conv_bn_relu(spec.low_channels, SKIP_CHANNELS, 1)
@@ -316,14 +322,14 @@ class DeepLabV3PlusHANet(nn.Module):
         return groups
 
     # ------------------------------------------------------------------ forward
-    def _check(self, images: torch.Tensor, row_pos: torch.Tensor | None) -> torch.Tensor | None:
+    def _check(self, images: torch.Tensor, row_pos: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"hanet_fast.models: images must be a [B, 3, H, W] tensor, got {shape}")
         if not images.is_floating_point():
             raise TypeError(f"hanet_fast.models: images must be floating point, got {images.dtype}")
         if row_pos is None:
-            return None
+            return full_image_row_pos(images.shape[0], images.shape[2], images.device)
         if not isinstance(row_pos, torch.Tensor) or tuple(row_pos.shape) != (images.shape[0], images.shape[2]):
             shape = tuple(row_pos.shape) if isinstance(row_pos, torch.Tensor) else type(row_pos).__name__
             raise ValueError(
@@ -350,7 +356,10 @@ class DeepLabV3PlusHANet(nn.Module):
                 original full image as a fraction in ``[0, 1)``; for rows ``top .. top + H`` of
                 a full image of height ``H_full`` (both counted after any resizing):
                 ``(top + arange(H)) / H_full``, and ``hanet_fast.nn.PAD_ROW_POS`` for padded
-                rows. None means every image is a full image. Every HANet layer receives these
+                rows. None means every image is a full image: exactly the positions
+                ``arange(H) / H`` (:func:`hanet_fast.nn.full_image_row_pos`), for every ``H``
+                (coarse row ``j`` then sits at image row ``floor(j * H / rows)``, whose
+                position is ``j`` only when ``H`` is a multiple of ``rows``). Every HANet layer receives these
                 image-level positions and resizes them straight to its coarse rows (as the
                 official code does, whatever the layer's feature height).
             return_attention: also return every enabled HANet layer's coarse attention map.
@@ -377,11 +386,14 @@ class DeepLabV3PlusHANet(nn.Module):
             return out
 
         size = images.shape[2:]
-        x = self.layer0(images)
-        low = self.layer1(x)
-        x = self.layer2(low)
-        stage3 = self.layer3(x)
-        x = self.layer4(stage3)
+        if self.spec.family == "timm":
+            low, stage3, x = self.trunk(images)
+        else:
+            x = self.layer0(images)
+            low = self.layer1(x)
+            x = self.layer2(low)
+            stage3 = self.layer3(x)
+            x = self.layer4(stage3)
         if self.hanet0 is not None:
             x = gate(0, stage3, x)
         represent = x
@@ -428,7 +440,8 @@ def deeplabv3plus(
             ``resnet101_deepstem`` (the paper's / official ResNet-101, three 3x3 stem convs),
             ``resnet152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``wide_resnet50_2``,
             ``wide_resnet101_2``, ``mobilenet_v2``, ``shufflenet_v2_x1_0``, ``mnasnet0_5``,
-            ``mnasnet1_0``.
+            ``mnasnet1_0``; or ``"timm:NAME"``, any timm model that gives a stride-4 feature
+            and two more and takes any input size (see :mod:`hanet_fast.models.timm_backbone`).
         output_stride: 8, 16 or 32 (and 4 for the ResNet family), by dilation (official rules, see
             :mod:`hanet_fast.models.backbones`); also scales the ASPP rates by ``16 / OS``.
         num_classes: classes of the classifier (19 for Cityscapes / BDD100K).

@@ -53,6 +53,7 @@ __all__ = [
     "to_official_state_dict",
     "infer_official_config",
     "load_official_checkpoint",
+    "read_official_state_dict",
 ]
 
 #: Keys of the official model that are not network weights (the loss modules' buffers).
@@ -102,6 +103,18 @@ def _torch_load(path: str, map_location, weights_only: bool) -> object:
             f"hanet_fast.models: {path!r} holds objects that torch.load(weights_only=True) refuses ({err}). "
             "If you trust the file, pass weights_only=False."
         ) from err
+
+
+def _open(checkpoint: str | os.PathLike | Mapping, map_location, weights_only: bool,
+          name: str | None = None) -> tuple[object, str]:
+    """(the loaded object, how to name it in messages: ``name`` for an already loaded object) of a
+    file or an already loaded object."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return checkpoint, repr(name) if name else "the checkpoint object"
+    path = os.fspath(checkpoint)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"hanet_fast.models: no checkpoint file at {path!r}")
+    return _torch_load(path, map_location, weights_only), repr(path)
 
 
 def _split_checkpoint(obj: object, what: str) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -331,7 +344,16 @@ def infer_official_config(
     state = convert_official_state_dict(state_dict)
     raw_keys = {_strip_module(k) for k in state_dict}
     flags = parse_official_command(command) if command else {}
+    backbone, output_stride = _trunk_and_stride(state, flags, backbone, output_stride)
+    classes = _classes(state, num_classes)
+    configs = _hanet_configs(state, raw_keys, flags, hanet or HANetConfig())
+    return DeepLabConfig(backbone, output_stride, classes, tuple(configs), "dsn.0.weight" in state)
 
+
+def _trunk_and_stride(state: Mapping[str, torch.Tensor], flags: dict, backbone: str | None,
+                      output_stride: int | None) -> tuple[str, int]:
+    """The backbone (from the weights, checked against ``--arch``) and the output stride (given,
+    else from ``--arch``)."""
     inferred = _infer_backbone(state)
     arch_os = None
     arch = flags.get("arch")
@@ -356,7 +378,11 @@ def infer_official_config(
         )
     if output_stride not in OUTPUT_STRIDES:
         raise OfficialCheckpointError(f"hanet_fast.models: output stride {output_stride} is not supported {OUTPUT_STRIDES}")
+    return backbone, output_stride
 
+
+def _classes(state: Mapping[str, torch.Tensor], num_classes: int | None) -> int:
+    """The number of classes of the classifier ``final2`` (checked against ``num_classes`` when given)."""
     if "final2.0.weight" not in state:
         raise OfficialCheckpointError("hanet_fast.models: the checkpoint has no classifier 'final2.0.weight'")
     classes = state["final2.0.weight"].shape[0]
@@ -364,55 +390,21 @@ def infer_official_config(
         raise OfficialCheckpointError(
             f"hanet_fast.models: num_classes={num_classes} but the checkpoint's classifier has {classes} classes"
         )
+    return classes
 
-    base = hanet or HANetConfig()
+
+def _hanet_configs(state: Mapping[str, torch.Tensor], raw_keys: set[str], flags: dict,
+                   base: HANetConfig) -> list[HANetConfig | None]:
+    """Each of the five HANet layers' configuration (None: absent), checked against ``--hanet``."""
     pf = flags.get("pos_rfactor")
     rows_from_command = 128 // pf if isinstance(pf, int) and pf > 0 else None
-    hanet_set = flags.get("hanet_set") or []
-    hanet_pos = flags.get("hanet_pos") or []
     common: dict[str, object] = {}
     if isinstance(flags.get("pooling"), str):
         common["pooling"] = "max" if flags["pooling"] == "max" else "avg"
     for name in ("dropout", "pos_noise"):
         if name in flags:
             common[name] = flags[name]
-    configs: list[HANetConfig | None] = []
-    for k in range(5):
-        w1 = state.get(f"hanet{k}.conv1.0.weight")
-        if w1 is None:
-            configs.append(None)
-            continue
-        mid, cin = w1.shape[0], w1.shape[1]
-        num_convs = 3 if f"hanet{k}.conv3.0.weight" in state else 2
-        last = state.get(f"hanet{k}.conv{num_convs}.0.weight")
-        if last is None:
-            raise OfficialCheckpointError(f"hanet_fast.models: hanet{k} has no last convolution weight")
-        table = state.get(f"hanet{k}.pos_encoding.weight")
-        injection = 1 if f"hanet{k}.pos_emb1d_1st.pos_layer.weight" in raw_keys else 2
-        settings = dict(common)
-        settings.update(num_convs=num_convs, kernel_size=int(last.shape[-1]),
-                        reduction=_infer_reduction(cin, mid, hanet_set[1] if len(hanet_set) > 1 else None))
-        if table is None:
-            settings.update(pos_encoding=None, rows=rows_from_command or base.rows)
-        else:
-            rows = table.shape[0] - 1
-            if rows_from_command is not None and rows_from_command != rows:
-                raise OfficialCheckpointError(
-                    f"hanet_fast.models: --pos_rfactor {pf} means {rows_from_command} rows but hanet{k}'s table has "
-                    f"{rows + 1} positions"
-                )
-            if len(hanet_pos) > 1:
-                kind = "sinusoidal" if hanet_pos[1] == 1 else "learned"
-            elif table.is_meta:
-                kind = "sinusoidal"
-            else:
-                sinus = sinusoid_table(rows + 1, table.shape[1])
-                kind = "sinusoidal" if torch.allclose(table.detach().float().cpu(), sinus, atol=1e-5) else "learned"
-            settings.update(pos_encoding=kind, pos_injection=injection, rows=rows)
-        if k == 4:
-            settings["pooling"] = "max"
-        configs.append(dataclasses.replace(base, **settings))
-
+    configs = [_hanet_layer(state, raw_keys, k, flags, common, rows_from_command, base) for k in range(5)]
     hanet_flags = flags.get("hanet")
     if isinstance(hanet_flags, list) and len(hanet_flags) == 5:
         expected = tuple(int(v == 1) for v in hanet_flags)
@@ -422,7 +414,61 @@ def infer_official_config(
                 f"hanet_fast.models: the command's --hanet {hanet_flags} disagrees with the HANet layers in the "
                 f"weights {list(found)}"
             )
-    return DeepLabConfig(backbone, output_stride, classes, tuple(configs), "dsn.0.weight" in state)
+    return configs
+
+
+def _hanet_layer(state: Mapping[str, torch.Tensor], raw_keys: set[str], k: int, flags: dict, common: dict,
+                 rows_from_command: int | None, base: HANetConfig) -> HANetConfig | None:
+    """HANet layer ``k``'s configuration from its weights and the command line (None: no such layer)."""
+    w1 = state.get(f"hanet{k}.conv1.0.weight")
+    if w1 is None:
+        return None
+    hanet_set = flags.get("hanet_set") or []
+    hanet_pos = flags.get("hanet_pos") or []
+    mid, cin = w1.shape[0], w1.shape[1]
+    num_convs = 3 if f"hanet{k}.conv3.0.weight" in state else 2
+    last = state.get(f"hanet{k}.conv{num_convs}.0.weight")
+    if last is None:
+        raise OfficialCheckpointError(f"hanet_fast.models: hanet{k} has no last convolution weight")
+    table = state.get(f"hanet{k}.pos_encoding.weight")
+    injection = 1 if f"hanet{k}.pos_emb1d_1st.pos_layer.weight" in raw_keys else 2
+    settings = dict(common)
+    settings.update(num_convs=num_convs, kernel_size=int(last.shape[-1]),
+                    reduction=_infer_reduction(cin, mid, hanet_set[1] if len(hanet_set) > 1 else None))
+    if table is None:
+        settings.update(pos_encoding=None, rows=rows_from_command or base.rows)
+    else:
+        rows = table.shape[0] - 1
+        if rows_from_command is not None and rows_from_command != rows:
+            raise OfficialCheckpointError(
+                f"hanet_fast.models: --pos_rfactor {flags.get('pos_rfactor')} means {rows_from_command} rows but "
+                f"hanet{k}'s table has {rows + 1} positions"
+            )
+        if len(hanet_pos) > 1:
+            kind = "sinusoidal" if hanet_pos[1] == 1 else "learned"
+        elif table.is_meta:
+            kind = "sinusoidal"
+        else:
+            sinus = sinusoid_table(rows + 1, table.shape[1])
+            kind = "sinusoidal" if torch.allclose(table.detach().float().cpu(), sinus, atol=1e-5) else "learned"
+        settings.update(pos_encoding=kind, pos_injection=injection, rows=rows)
+    if k == 4:
+        settings["pooling"] = "max"
+    return dataclasses.replace(base, **settings)
+
+
+def read_official_state_dict(checkpoint: str | os.PathLike | Mapping, *, map_location: str | torch.device = "cpu",
+                             weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """The weights of an official snapshot (``{'state_dict', ...}`` or a bare state dict, keys
+    possibly under ``module.``; a file or the loaded object) under hanet_fast's key names, without
+    building a network (:func:`load_official_checkpoint` builds one).
+
+    Raises:
+        FileNotFoundError: no such file.
+        OfficialCheckpointError: not a state dict, or refused by ``weights_only``.
+    """
+    obj, what = _open(checkpoint, map_location, weights_only)
+    return convert_official_state_dict(_split_checkpoint(obj, what)[0])
 
 
 def _list(keys: Sequence[str], limit: int = 40) -> str:
@@ -466,13 +512,7 @@ def load_official_checkpoint(
         OfficialCheckpointError: unreadable file, configuration that cannot be inferred, or
             keys / shapes that do not match (all of them are listed).
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"hanet_fast.models: no checkpoint file at {path!r}")
-        obj, what = _torch_load(path, map_location, weights_only), repr(path)
-    else:
-        obj, what = checkpoint, repr(name) if name else "the checkpoint object"
+    obj, what = _open(checkpoint, map_location, weights_only, name)
     raw, command = _split_checkpoint(obj, what)
     try:
         config = infer_official_config(

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hanet_fast.models.backbones import BACKBONES
+from hanet_fast._cli import error_exit
+from hanet_fast.models.backbones import BACKBONES, backbone_spec
 from hanet_fast.models.deeplab import DeepLabV3PlusHANet, HANetConfig
 
 __all__ = ["PAPER_TABLE2", "PAPER_REDUCTION", "ModelCost", "model_cost", "summarize", "markdown_table", "main"]
@@ -175,8 +176,28 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` (one line, exit 2) naming the flag of a value no network can be built for."""
+    if any(v < 1 for v in args.size):
+        parser.error(f"--size must be two positive integers H W, got {' '.join(map(str, args.size))}")
+    if any(v not in (0, 1) for v in args.hanet_layers):
+        parser.error(f"--hanet-layers must be five 0/1 flags, got {' '.join(map(str, args.hanet_layers))}")
+    if args.reduction is not None and args.reduction < 1:
+        parser.error(f"--reduction must be a positive integer, got {args.reduction}")
+    if args.output_stride and not args.backbone:
+        parser.error("--output-stride needs --backbone")
+
+
+def _rows(args: argparse.Namespace) -> list[tuple[str, int]] | None:
+    """The (backbone, OS) rows the command line asks for (None: Table 2's)."""
+    if args.backbone:
+        return [(b, os_) for b in args.backbone for os_ in (args.output_stride or backbone_spec(b).output_strides)]
+    return [(b, os) for b in BACKBONES for os in (8, 16, 32)] if args.all else None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Print the cost table (``python -m hanet_fast.models.summary --help``)."""
+    parser = argparse.ArgumentParser(prog="python -m hanet_fast.models.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=list(CITYSCAPES_SIZE), metavar=("H", "W"),
                         help="input height and width (default: Cityscapes' 1024 2048)")
     parser.add_argument("--hanet-layers", type=int, nargs=5, default=[1, 1, 1, 1, 0], metavar="ON",
@@ -184,9 +205,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reduction", type=int, default=None,
                         help="HANet reduction ratio r for every row (default: PAPER_REDUCTION, 32 elsewhere)")
     parser.add_argument("--all", action="store_true", help="every backbone at OS 8/16/32, not only Table 2's rows")
+    parser.add_argument("--backbone", action="append", metavar="NAME",
+                        help="summarise this backbone instead of Table 2's rows (repeatable; a torchvision name or "
+                             "timm:NAME)")
+    parser.add_argument("--output-stride", type=int, action="append", metavar="OS",
+                        help="with --backbone: these output strides (repeatable; default: every stride it supports)")
     args = parser.parse_args(argv)
-    rows = [(b, os) for b in BACKBONES for os in (8, 16, 32)] if args.all else None
-    results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    _check_args(parser, args)
+    try:
+        rows = _rows(args)
+        results = summarize(rows, args.hanet_layers, args.reduction, tuple(args.size))
+    except ValueError as err:  # an unknown backbone, a stride it cannot give, timm missing, a bad HANET_FAST_BACKEND
+        error_exit(parser, err)
     print(f"input 1x3x{args.size[0]}x{args.size[1]}, +HANet = layers {args.hanet_layers}; params include the "
           "auxiliary head; compute of one eval forward pass (no auxiliary head)\n")
     print(markdown_table(results))

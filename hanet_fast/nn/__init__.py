@@ -8,6 +8,7 @@ from hanet_fast.nn.positional import (
     check_row_pos,
     coarse_positions,
     default_max_jitter,
+    full_image_row_pos,
     jitter_positions,
     sinusoid_table,
 )
@@ -21,5 +22,6 @@ __all__ = [
     "default_max_jitter",
     "sinusoid_table",
     "coarse_positions",
+    "full_image_row_pos",
     "jitter_positions",
 ]

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from hanet_fast.ops import BACKENDS, height_gate, height_pool
-from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d, check_row_pos
+from hanet_fast.ops.backends import check_default_backend
+from hanet_fast.nn.positional import POS_ENCODINGS, PositionalEncoding1d, check_row_pos, full_image_row_pos
 
 __all__ = ["HANet"]
 
@@ -91,34 +92,8 @@ class HANet(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("rows", rows),
-            ("reduction", reduction),
-            ("kernel_size", kernel_size),
-        ):
-            _check_positive_int(name, value)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"hanet_fast.nn.HANet: kernel_size must be odd to keep the rows, got {kernel_size}")
-        if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs not in (2, 3):
-            raise ValueError(f"hanet_fast.nn.HANet: num_convs must be 2 or 3, got {num_convs!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"hanet_fast.nn.HANet: pooling must be one of {POOLINGS}, got {pooling!r}")
-        _check_number("dropout", dropout)
-        if not 0 <= dropout < 1:
-            raise ValueError(f"hanet_fast.nn.HANet: dropout must be in [0, 1), got {dropout}")
-        if pos_encoding is not None and pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"hanet_fast.nn.HANet: pos_encoding must be one of {POS_ENCODINGS} or None, got {pos_encoding!r}"
-            )
-        if isinstance(pos_injection, bool) or not isinstance(pos_injection, int) or pos_injection not in (1, 2):
-            raise ValueError(f"hanet_fast.nn.HANet: pos_injection must be 1 or 2, got {pos_injection!r}")
-        _check_number("pos_noise", pos_noise)
-        if pos_noise < 0:
-            raise ValueError(f"hanet_fast.nn.HANet: pos_noise must be >= 0, got {pos_noise}")
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"hanet_fast.nn.HANet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        _check_settings(in_channels, out_channels, rows, reduction, kernel_size, num_convs, pooling, dropout,
+                        pos_encoding, pos_injection, pos_noise, backend)
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -211,7 +186,11 @@ class HANet(nn.Module):
             check_row_pos(row_pos, "hanet_fast.nn.HANet")
 
     def attention(self, x_low: torch.Tensor, row_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked)."""
+        """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked).
+
+        ``row_pos`` None: ``x_low`` spans a full image (:func:`full_image_row_pos` of its height)."""
+        if self.pos_encoding is not None and row_pos is None:
+            row_pos = full_image_row_pos(x_low.shape[0], x_low.shape[2], x_low.device)
         z = height_pool(x_low, self.rows, self.pooling, backend=self.backend)
         if self.pos_encoding is not None and self.pos_injection == 1:
             z = self.pos_encoding(z, row_pos)
@@ -244,7 +223,10 @@ class HANet(nn.Module):
                 ``top .. top + H_img`` of a full image of height ``H_full``:
                 ``(top + arange(H_img)) / H_full``), or ``hanet_fast.nn.PAD_ROW_POS`` (1.0) for a padded row.
                 Coarse row ``j`` takes the position of image row ``floor(j * H_img / rows)``.
-                None means the input is the full image (position ``j`` for coarse row ``j``).
+                None means ``x_low`` spans a full image: exactly the positions
+                ``arange(H_low) / H_low`` of its height ``H_low`` (a model that knows the
+                image's height passes that image's positions, as
+                :class:`~hanet_fast.models.DeepLabV3PlusHANet` does).
                 Only used with a positional encoding. NaN, negative or other values above 1
                 raise ``ValueError``.
             return_attention: also return the coarse attention.
@@ -280,3 +262,39 @@ class HANet(nn.Module):
             "hanet_fast.nn.HANet does not support torch.jit.script; capture it with torch.export.export, "
             "torch.jit.trace or torch.compile instead"
         )
+
+
+def _check_settings(in_channels: int, out_channels: int, rows: int, reduction: int, kernel_size: int, num_convs: int,
+                    pooling: str, dropout: float, pos_encoding: str | None, pos_injection: int, pos_noise: float,
+                    backend: str) -> None:
+    """ValueError naming the first of :class:`HANet`'s arguments that is out of range."""
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("rows", rows),
+        ("reduction", reduction),
+        ("kernel_size", kernel_size),
+    ):
+        _check_positive_int(name, value)
+    if kernel_size % 2 != 1:
+        raise ValueError(f"hanet_fast.nn.HANet: kernel_size must be odd to keep the rows, got {kernel_size}")
+    if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs not in (2, 3):
+        raise ValueError(f"hanet_fast.nn.HANet: num_convs must be 2 or 3, got {num_convs!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"hanet_fast.nn.HANet: pooling must be one of {POOLINGS}, got {pooling!r}")
+    _check_number("dropout", dropout)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"hanet_fast.nn.HANet: dropout must be in [0, 1), got {dropout}")
+    if pos_encoding is not None and pos_encoding not in POS_ENCODINGS:
+        raise ValueError(
+            f"hanet_fast.nn.HANet: pos_encoding must be one of {POS_ENCODINGS} or None, got {pos_encoding!r}"
+        )
+    if isinstance(pos_injection, bool) or not isinstance(pos_injection, int) or pos_injection not in (1, 2):
+        raise ValueError(f"hanet_fast.nn.HANet: pos_injection must be 1 or 2, got {pos_injection!r}")
+    _check_number("pos_noise", pos_noise)
+    if pos_noise < 0:
+        raise ValueError(f"hanet_fast.nn.HANet: pos_noise must be >= 0, got {pos_noise}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"hanet_fast.nn.HANet: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        check_default_backend()  # a bad HANET_FAST_BACKEND fails here, where the module is built

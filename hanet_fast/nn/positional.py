@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["POS_ENCODINGS", "PAD_ROW_POS", "ROW_POS_TOLERANCE", "sinusoid_table", "check_row_pos", "coarse_positions",
-           "default_max_jitter", "jitter_positions", "PositionalEncoding1d"]
+__all__ = ["POS_ENCODINGS", "PAD_ROW_POS", "ROW_POS_TOLERANCE", "sinusoid_table", "check_row_pos", "full_image_row_pos",
+           "coarse_positions", "default_max_jitter", "jitter_positions", "PositionalEncoding1d"]
 
 #: The kinds of positional encoding :class:`PositionalEncoding1d` builds.
 POS_ENCODINGS = ("sinusoidal", "learned")
@@ -48,19 +49,20 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
 
     Column ``j`` of position ``p`` holds ``sin(a)`` for even ``j`` and ``cos(a)`` for odd ``j``
     with ``a = p / c ** (2 * (j // 2) / dim)``, ``c = 10 if dim > 50 else 100``; the whole
-    table is then shifted by +1. Computed in float64 (as the official numpy code does) and
-    rounded to float32 once.
+    table is then shifted by +1. Rounded as the official code rounds it, bit for bit: the
+    angles and their sines in float64 numpy (each power a numpy scalar, the sines over the
+    same strided halves of the table), the table rounded to float32 (``torch.FloatTensor``),
+    and only then 1 added in float32: two roundings, not one.
     """
     if num_positions < 1 or dim < 1:
         raise ValueError(f"hanet_fast: sinusoid_table needs num_positions >= 1 and dim >= 1, got {num_positions}, {dim}")
-    cycle = 10.0 if dim > 50 else 100.0
-    position = torch.arange(num_positions, dtype=torch.float64)[:, None]
-    exponent = (2 * (torch.arange(dim) // 2)).to(torch.float64) / dim
-    angle = position / torch.pow(torch.tensor(cycle, dtype=torch.float64), exponent)[None, :]
-    table = torch.empty_like(angle)
-    table[:, 0::2] = torch.sin(angle[:, 0::2])
-    table[:, 1::2] = torch.cos(angle[:, 1::2])
-    return (table + 1.0).to(torch.float32)
+    cycle = 10 if dim > 50 else 100
+    scale = np.array([np.power(cycle, 2 * (j // 2) / dim) for j in range(dim)])
+    table = np.arange(num_positions)[:, None] / scale[None, :]
+    table[:, 0::2] = np.sin(table[:, 0::2])
+    table[:, 1::2] = np.cos(table[:, 1::2])
+    # torch.tensor (not from_numpy) follows a `with torch.device(...)` context, e.g. meta
+    return torch.tensor(table).to(torch.float32) + 1
 
 
 def check_row_pos(row_pos: torch.Tensor, where: str) -> None:
@@ -68,9 +70,12 @@ def check_row_pos(row_pos: torch.Tensor, where: str) -> None:
     the pad position :data:`PAD_ROW_POS` (NaN is refused too).
 
     The check reads the values back to the host, so it is skipped while ``torch.compile``
-    traces or a CUDA graph captures (neither can synchronise); eager calls always check.
+    traces or a CUDA graph captures (neither can synchronise), and for meta tensors (no
+    values); eager calls on real tensors always check.
     """
-    if torch.compiler.is_compiling() or (row_pos.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if torch.compiler.is_compiling() or row_pos.device.type == "meta":
+        return
+    if row_pos.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     bad = ~(((row_pos >= 0) & (row_pos < 1)) | (row_pos == PAD_ROW_POS))  # NaN fails every comparison
     if bool(bad.any()):
@@ -81,14 +86,28 @@ def check_row_pos(row_pos: torch.Tensor, where: str) -> None:
         )
 
 
+def full_image_row_pos(batch: int, height, device: torch.device | None = None) -> torch.Tensor:
+    """The ``row_pos`` of full images: ``arange(height) / height`` in float32, ``[batch, height]``.
+
+    What every ``row_pos=None`` in hanet_fast stands for (the model, the module, ``predict``,
+    the exported graphs); the numpy twin of the data pipeline is
+    :func:`hanet_fast.data.transforms.full_row_pos` (same values). ``height`` may be symbolic
+    (``torch.export``)."""
+    rows = torch.arange(height, device=device, dtype=torch.float32) / height
+    return rows.expand(batch, height)
+
+
 def coarse_positions(row_pos: torch.Tensor | None, rows: int, batch: int, device: torch.device | None = None) -> torch.Tensor:
     """The position (table index) of each of the ``rows`` coarse rows: ``[batch, rows]`` int64.
 
     Args:
         row_pos: ``[batch, H_img]`` float, each row of the network's input image: its vertical
             position in the original full image as a fraction in ``[0, 1)``, or
-            :data:`PAD_ROW_POS` for a padded row; or None, meaning the input *is* the full
-            image, so coarse row ``j`` has position ``j``.
+            :data:`PAD_ROW_POS` for a padded row; or None: the coarse rows are themselves a
+            full image (``H_img = rows``, :func:`full_image_row_pos`), so coarse row ``j`` has
+            position ``j``. Callers that know a taller image pass its positions instead:
+            coarse row ``j`` of a full image of height ``H`` is at ``floor(floor(j * H / rows)
+            * rows / H)``, which is ``j`` only when ``j * H`` is a multiple of ``rows``.
         rows: the number of coarse rows (positions ``0 .. rows - 1``, and ``rows`` for padding).
         batch: the batch size (used when ``row_pos`` is None).
         device: where the result lives when ``row_pos`` is None.
@@ -102,7 +121,7 @@ def coarse_positions(row_pos: torch.Tensor | None, rows: int, batch: int, device
     fractions computed in floating point from integer pixel rows, ``(top + r) / H_img``, give
     exactly the official integer result ``((top + r) * rows) // H_img``.
     """
-    if row_pos is None:
+    if row_pos is None:  # floor(floor(j * rows / rows) * rows / rows) = j
         return torch.arange(rows, device=device).unsqueeze(0).expand(batch, rows)
     height = row_pos.shape[1]
     picked = row_pos[:, torch.arange(rows, device=row_pos.device) * height // rows]

@@ -10,18 +10,31 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 POOL_MODES = ("avg", "max")
+#: The dtypes every backend computes in (DESIGN §1); float8 and the rest are refused by name.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT64_MAX = 2**63 - 1
+
+
+def check_dense_float(t: torch.Tensor, name: str) -> None:
+    """TypeError naming ``name`` unless ``t`` is a dense (strided) tensor of a dtype in
+    :data:`FLOAT_DTYPES` (sparse layouts and float8 would otherwise fail deep in a kernel)."""
+    if t.layout != torch.strided:
+        raise TypeError(f"hanet_fast: {name} must be a dense (strided) tensor, got layout {t.layout}; "
+                        f"convert it with {name}.to_dense()")
+    if t.dtype not in FLOAT_DTYPES:
+        kind = "floating-point dtype" if not t.is_floating_point() else "dtype"
+        raise TypeError(f"hanet_fast: {name} must have a {kind} among float16, bfloat16, float32, float64, "
+                        f"got {t.dtype}")
 
 
 def check_feature_map(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hanet_fast: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
+    if x.layout == torch.strided and x.dim() != 4:
         raise ValueError(
             f"hanet_fast: {name} must be a 4-D tensor [B, C, H, W], got {x.dim()}-D with shape {tuple(x.shape)}"
         )
-    if not x.is_floating_point():
-        raise TypeError(f"hanet_fast: {name} must have a floating-point dtype, got {x.dtype}")
+    check_dense_float(x, name)
 
 
 def check_rows(rows: int) -> None:
@@ -54,8 +67,7 @@ def check_height_gate(x: torch.Tensor, attn: torch.Tensor) -> None:
         raise ValueError(
             f"hanet_fast: attn must be a 3-D tensor [B, C, rows], got {attn.dim()}-D with shape {tuple(attn.shape)}"
         )
-    if not attn.is_floating_point():
-        raise TypeError(f"hanet_fast: attn must have a floating-point dtype, got {attn.dtype}")
+    check_dense_float(attn, "attn")
     if attn.device != x.device:
         raise ValueError(f"hanet_fast: attn is on {attn.device} but x is on {x.device}; they must be on one device")
     if attn.shape[0] != x.shape[0] or attn.shape[1] != x.shape[1]:

@@ -13,13 +13,20 @@ backward ops are linear in the gradient they take, and their own derivatives are
   ``grad_attn = up^T(sum_w grad_y * x)`` (``height_gate_attn_backward``), bilinear in
   ``(grad_y, x)`` and ``(grad_y, attn)``: each derivative is one of those two ops.
 
+Forward mode (``torch.autograd.forward_ad``, ``torch.func.jvp``/``jacfwd``) uses the same
+linearity: the tangent of average pooling is the pooling of the tangent, that of max pooling
+the tangent gathered at the argmax, and the gate, linear in ``x`` and in ``attn``, gives
+``gate(dx, attn) + gate(x, dattn)``; the backward ops, bilinear, likewise (``jvp`` rules).
+
 The formulas live in ``torch.autograd.Function`` classes (one per op, the family passed as an
-argument) with ``setup_context`` and ``vmap`` rules, so that torch.func (``grad``, ``jacrev``,
-``vmap``) can run them: the ``autograd.Function`` that ``torch.library.register_autograd``
+argument) with ``setup_context``, ``jvp`` and ``vmap`` rules, so that torch.func (``grad``, ``jacrev``,
+``vmap``, ``jvp``) can run them: the ``autograd.Function`` that ``torch.library.register_autograd``
 generates has no ``setup_context``, and torch.func refuses it ("must override the
 setup_context staticmethod"). :func:`register_autograd` registers the same formulas on the
 ops themselves for plain autograd (direct ``torch.ops`` calls, torch.compile, export), and
-:func:`apply` is what the public functions call.
+:func:`apply` is what the public functions call; it takes the Function whenever a dual tensor
+is among the inputs, since ``register_autograd`` has no forward mode (the op would return a
+result with no tangent).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch.autograd import Function
 
 from hanet_fast.ops.layout import is_channels_last
@@ -53,9 +61,35 @@ def _vmap_by_batch(info, in_dims, fn: Callable, *args) -> tuple[Any, Any]:
     return out.reshape(size, -1, *out.shape[1:]), 0
 
 
+# ----------------------------------------------------------------------------- forward mode
+def _linear_jvp(fn: Callable, suffix: str, pairs, *rest) -> torch.Tensor | None:
+    """Tangent of an op ``name(a, b, *rest)`` linear in each of ``a`` and ``b``: the sum over
+    ``pairs`` ``((a, b), ...)`` (one tangent in each pair, the other a primal) of ``fn(a, b, *rest)``,
+    pairs holding a None tangent left out; None when every pair does."""
+    terms = [fn(suffix, a, b, *rest) for a, b in pairs if a is not None and b is not None]
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _gate(suffix: str, x, attn):
+    return apply("height_gate", suffix, x, attn)
+
+
+def _gate_attn_backward(suffix: str, grad_y, x, rows):
+    return apply("height_gate_attn_backward", suffix, grad_y, x, rows)
+
+
+def _has_tangent(args) -> bool:
+    """Whether an argument is a dual tensor of the current forward-AD level."""
+    if forward_ad._current_level < 0:  # no dual_level open (the common case: one int compare)
+        return False
+    return any(isinstance(a, torch.Tensor) and forward_ad.unpack_dual(a).tangent is not None for a in args)
+
+
 # ----------------------------------------------------------------------------- pooling
-def _save_pool_input(ctx, x: torch.Tensor, suffix: str) -> None:
-    ctx.height, ctx.width = x.shape[2], x.shape[3]
+def _save_pool_input(ctx, x: torch.Tensor, rows: int, suffix: str) -> None:
+    ctx.height, ctx.width, ctx.rows = x.shape[2], x.shape[3], rows
     ctx.channels_last = is_channels_last(x)
     ctx.suffix = suffix
 
@@ -69,13 +103,17 @@ class PoolAvg(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _rows, suffix = inputs
-        _save_pool_input(ctx, x, suffix)
+        x, rows, suffix = inputs
+        _save_pool_input(ctx, x, rows, suffix)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_x = apply("height_pool_avg_backward", ctx.suffix, grad_out, ctx.height, ctx.width, ctx.channels_last)
         return grad_x, None, None
+
+    @staticmethod
+    def jvp(ctx, x_t, _rows_t, _suffix_t):
+        return apply("height_pool_avg", ctx.suffix, x_t, ctx.rows)
 
     @staticmethod
     def vmap(info, in_dims, x, rows, suffix):
@@ -91,10 +129,11 @@ class PoolMax(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, _rows, suffix = inputs
-        _save_pool_input(ctx, x, suffix)
+        x, rows, suffix = inputs
+        _save_pool_input(ctx, x, rows, suffix)
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(output[1])
+        ctx.save_for_forward(output[1])
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):
@@ -103,6 +142,11 @@ class PoolMax(Function):
             "height_pool_max_backward", ctx.suffix, grad_values, indices, ctx.height, ctx.width, ctx.channels_last
         )
         return grad_x, None, None
+
+    @staticmethod
+    def jvp(ctx, x_t, _rows_t, _suffix_t):
+        (indices,) = ctx.saved_tensors
+        return x_t.flatten(2).gather(2, indices), None
 
     @staticmethod
     def vmap(info, in_dims, x, rows, suffix):
@@ -118,12 +162,17 @@ class PoolAvgBackward(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_out, *_, suffix = inputs
+        grad_out, height, width, channels_last, suffix = inputs
         ctx.rows, ctx.suffix = grad_out.shape[2], suffix
+        ctx.shape = (height, width, channels_last)
 
     @staticmethod
     def backward(ctx, grad_grad_x):
         return apply("height_pool_avg", ctx.suffix, grad_grad_x, ctx.rows), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_out_t, *_):
+        return apply("height_pool_avg_backward", ctx.suffix, grad_out_t, *ctx.shape)
 
     @staticmethod
     def vmap(info, in_dims, grad_out, height, width, channels_last, suffix):
@@ -140,6 +189,8 @@ class PoolMaxBackward(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
+        ctx.shape, ctx.suffix = inputs[2:5], inputs[5]
 
     @staticmethod
     def backward(ctx, grad_grad_x):
@@ -147,6 +198,11 @@ class PoolMaxBackward(Function):
         # The indices were checked by the op itself (flat h * W + w inside each bin's rows).
         grad_grad_out = grad_grad_x.flatten(2).gather(2, indices)
         return grad_grad_out, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_out_t, *_):
+        (indices,) = ctx.saved_tensors
+        return apply("height_pool_max_backward", ctx.suffix, grad_out_t, indices, *ctx.shape)
 
     @staticmethod
     def vmap(info, in_dims, grad_out, indices, height, width, channels_last, suffix):
@@ -169,6 +225,7 @@ class Gate(Function):
         needs_x, needs_attn = ctx.needs_input_grad[:2]
         # grad_x needs attn; grad_attn needs x: keep only what the requested gradients read.
         ctx.save_for_backward(x if needs_attn else None, attn if needs_x else None)
+        ctx.save_for_forward(x, attn)
         ctx.rows, ctx.suffix = attn.shape[2], suffix
 
     @staticmethod
@@ -180,6 +237,11 @@ class Gate(Function):
         if needs_x:  # grad_x = grad_y * up(attn) is the forward op itself
             return apply("height_gate", ctx.suffix, grad_y, attn), None, None
         return None, apply("height_gate_attn_backward", ctx.suffix, grad_y, x, ctx.rows), None
+
+    @staticmethod
+    def jvp(ctx, x_t, attn_t, _suffix_t):
+        x, attn = ctx.saved_tensors
+        return _linear_jvp(_gate, ctx.suffix, ((x_t, attn), (x, attn_t)))
 
     @staticmethod
     def vmap(info, in_dims, x, attn, suffix):
@@ -197,6 +259,7 @@ class GateBackward(Function):
     def setup_context(ctx, inputs, output):
         grad_y, x, attn, suffix = inputs
         ctx.save_for_backward(grad_y, x, attn)
+        ctx.save_for_forward(grad_y, x, attn)
         ctx.rows, ctx.suffix = attn.shape[2], suffix
 
     @staticmethod
@@ -213,6 +276,14 @@ class GateBackward(Function):
         return d_grad_y, d_x, d_attn, None
 
     @staticmethod
+    def jvp(ctx, grad_y_t, x_t, attn_t, _suffix_t):
+        grad_y, x, attn = ctx.saved_tensors
+        s = ctx.suffix
+        grad_x_t = _linear_jvp(_gate, s, ((grad_y_t, attn), (grad_y, attn_t)))
+        grad_attn_t = _linear_jvp(_gate_attn_backward, s, ((grad_y_t, x), (grad_y, x_t)), ctx.rows)
+        return grad_x_t, grad_attn_t
+
+    @staticmethod
     def vmap(info, in_dims, grad_y, x, attn, suffix):
         return _vmap_by_batch(info, in_dims, GateBackward.apply, grad_y, x, attn, suffix)
 
@@ -226,9 +297,10 @@ class GateAttnBackward(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_y, x, _rows, suffix = inputs
+        grad_y, x, rows, suffix = inputs
         ctx.save_for_backward(grad_y, x)
-        ctx.suffix = suffix
+        ctx.save_for_forward(grad_y, x)
+        ctx.rows, ctx.suffix = rows, suffix
 
     @staticmethod
     def backward(ctx, grad_grad_attn):
@@ -237,6 +309,11 @@ class GateAttnBackward(Function):
         d_grad_y = apply("height_gate", ctx.suffix, x, grad_grad_attn) if needs_grad_y else None
         d_x = apply("height_gate", ctx.suffix, grad_y, grad_grad_attn) if needs_x else None
         return d_grad_y, d_x, None, None
+
+    @staticmethod
+    def jvp(ctx, grad_y_t, x_t, _rows_t, _suffix_t):
+        grad_y, x = ctx.saved_tensors
+        return _linear_jvp(_gate_attn_backward, ctx.suffix, ((grad_y_t, x), (grad_y, x_t)), ctx.rows)
 
     @staticmethod
     def vmap(info, in_dims, grad_y, x, rows, suffix):
@@ -259,7 +336,7 @@ def apply(name: str, suffix: str, *args):
     """Calls op ``name`` of family ``suffix`` with autograd: directly (the formulas registered on
     the op by :func:`register_autograd`), or through its Function when a torch.func transform is
     active, which refuses the op's own registration (see the module docstring)."""
-    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+    if not torch.compiler.is_compiling() and (torch._C._are_functorch_transforms_active() or _has_tangent(args)):
         return FUNCTIONS[name].apply(*args, suffix)
     return _op(name, suffix)(*args)
 

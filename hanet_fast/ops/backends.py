@@ -2,7 +2,9 @@
 
 ``auto`` picks, for CUDA tensors, ``cuda`` if the extension was built with CUDA, else
 ``triton``, else ``reference``; for CPU tensors, ``cpu`` if the extension was built,
-else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``.
+else ``reference``. ``HANET_FAST_BACKEND`` (read once, at import) replaces ``auto``; a value
+that names no backend raises ``ValueError`` at first use (an op or a module asked for ``auto``),
+not at import, so that ``import hanet_fast`` and every ``--help`` still work.
 A backend named explicitly that cannot run raises and says why; :func:`available_backends`
 reports what can run, on this machine or on one device's tensors, with the same reasons.
 
@@ -47,14 +49,22 @@ _DEVICES_OF = {
 }
 
 
-def _default_backend() -> str:
+def _default_backend() -> tuple[str, str | None]:
+    """``(HANET_FAST_BACKEND or "auto", None)``, or ``("auto", why the value is refused)``."""
     name = os.environ.get(ENV_VAR, "auto")
-    if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"hanet_fast: {ENV_VAR}={name!r} is not one of {('auto',) + BACKENDS}")
-    return name
+    if name == "auto" or name in BACKENDS:
+        return name, None
+    return "auto", (f"hanet_fast: environment variable {ENV_VAR}={name!r} is not one of {('auto',) + BACKENDS} "
+                    f"(names are lower case); unset it to choose automatically")
 
 
-DEFAULT_BACKEND = _default_backend()
+DEFAULT_BACKEND, _DEFAULT_BACKEND_ERROR = _default_backend()
+
+
+def check_default_backend() -> None:
+    """Raise ``ValueError`` naming ``HANET_FAST_BACKEND`` when its value is not a backend name."""
+    if _DEFAULT_BACKEND_ERROR is not None:
+        raise ValueError(_DEFAULT_BACKEND_ERROR)
 
 
 NO_CUDA_DEVICE = "no CUDA device (torch.cuda.is_available() is False)"
@@ -100,6 +110,7 @@ def available_backends(device: str | torch.device | None = None) -> dict[str, st
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The concrete backend that runs an op on tensors of ``device`` when ``backend`` is asked for."""
     if backend == "auto":
+        check_default_backend()
         backend = DEFAULT_BACKEND
     if backend == "auto":
         return _auto_backend(device)

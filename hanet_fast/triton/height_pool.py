@@ -38,6 +38,7 @@ from hanet_fast.triton._common import (
     ELEMENTWISE_NCHW_CONFIGS,
     ELEMENTWISE_NHWC_CONFIGS,
     INTERPRETED,
+    MAX_BACKWARD_NCHW_CONFIGS,
     STREAMING_PROGRAMS,
     bin_end,
     bin_start,
@@ -330,7 +331,15 @@ def _pool_backward_kernel(
 # Writing grad_x does not reduce, so any tiling gives the same bits: autotuned on the GPU.
 _BACKWARD_KEY = ["C", "H", "W", "R"]
 _pool_backward_nchw = triton.autotune(configs=ELEMENTWISE_NCHW_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+_pool_max_backward_nchw = triton.autotune(configs=MAX_BACKWARD_NCHW_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
 _pool_backward_nhwc = triton.autotune(configs=ELEMENTWISE_NHWC_CONFIGS, key=_BACKWARD_KEY)(_pool_backward_kernel)
+
+
+def _backward_autotuner(is_max: bool, channels_last: bool):
+    """The autotuned pooling backward for a pooling mode and memory format (its candidate list)."""
+    if channels_last:
+        return _pool_backward_nhwc
+    return _pool_max_backward_nchw if is_max else _pool_backward_nchw
 
 
 def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> torch.Tensor:
@@ -341,7 +350,7 @@ def _pool_backward(grad_out, indices, height, width, channels_last: bool) -> tor
         return grad_x
     is_max = indices is not None
     index_source = indices if is_max else grad_out  # not read by the avg kernel
-    kernel = _pool_backward_nhwc if channels_last else _pool_backward_nchw
+    kernel = _backward_autotuner(is_max, channels_last)
 
     def grid(meta):
         return (

@@ -104,13 +104,14 @@ inline LanePool& pool() { static LanePool p; return p; }
 
 namespace hanet_fast { namespace cuda {
 constexpr int kEmuThreads = 256;
-// The real launch() cuts grid-stride grids to the blocks the GPU holds at once; here 2 per SM
-// stand in for that occupancy, so that the grid-stride loops take several turns.
-constexpr int64_t kEmuResidentBlocks = 2;
+// The real launch() cuts grid-stride grids to the blocks the GPU holds at once (resident_grid()
+// of kernels/common.cuh, run here too); 2 per SM stand in for that occupancy, so that the
+// grid-stride loops take several turns.
 template <typename... Params, typename Device, typename... Args>
 void launch(void (*kernel)(Params...), int64_t blocks, const Device& device, Args... args) {
   emu::launches++;
-  if (blocks > device.sm_count * kEmuResidentBlocks) blocks = device.sm_count * kEmuResidentBlocks;
+  blocks = resident_grid(reinterpret_cast<const void*>(kernel), blocks, device.sm_count,
+                         [](const void*) { return 2; });
   if (blocks < 1 || blocks > (int64_t(1) << 31) - 1) { emu::errors++; std::fprintf(stderr, "emu: bad grid %ld\n", (long)blocks); return; }
   emu::grid_dim = dim3{static_cast<unsigned>(blocks), 1, 1};
   emu::block_dim = dim3{kEmuThreads, 1, 1};
