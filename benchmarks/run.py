@@ -3,7 +3,7 @@
 
     python benchmarks/run.py                         # every suite, sized for the device (GPU if any)
     python benchmarks/run.py --suites train-step     # a selection
-    python benchmarks/run.py --smoke                 # seconds: tiny sizes, 1 repeat, MobileNetV2 only
+    python benchmarks/run.py --smoke                 # minutes on a CPU (torch.compile): tiny sizes, 1 repeat
 
 Suites (``--suites``, run in the order given; default all, in this priority order):
 
@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"wall-clock budget in s; 0 = none (default {DEFAULT_BUDGET_S['cuda']:.0f} on a GPU, "
                         f"{DEFAULT_BUDGET_S['cpu']:.0f} on a CPU)")
     g.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat, MobileNetV2 only: checks the "
-                   "machinery in seconds (timings meaningless)")
+                   "machinery in minutes, most of them torch.compile's (timings meaningless)")
     g.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default per suite and device)")
     g.add_argument("--warmup", type=int, default=None, help="untimed calls per variant after the first (default "
                    "per suite and device)")

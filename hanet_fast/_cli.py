@@ -19,7 +19,7 @@ from hanet_fast.data import DatasetError
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
            "image_size", "same_size_batches", "add_compile_arg", "compile_backend", "compile_model",
            "DEFAULT_COMPILE_BACKEND", "default_out", "check_workload", "interrupted", "MAX_SCALE",
-           "MAX_THREADS", "checkpoint_files"]
+           "MAX_THREADS", "WARN_WINDOWS", "checkpoint_files"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

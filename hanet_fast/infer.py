@@ -49,14 +49,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hanet_fast import _io
-from hanet_fast._cli import (HelpFormatter, add_compile_arg, check_outputs, check_workload, checkpoint_files,
-                             compile_model, default_out, error_exit, image_size, interrupted, parse_args, resolve_device,
-                             same_size_batches, scales_arg, size_arg)
+from hanet_fast._cli import (MAX_SCALE, MAX_THREADS, WARN_WINDOWS, HelpFormatter, add_compile_arg, check_outputs,
+                             check_workload, checkpoint_files, compile_model, default_out, error_exit, image_size,
+                             interrupted, parse_args, resolve_device, same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.data.labels import colorize, train_to_label_lut
 from hanet_fast.data.transforms import normalize_image, resize_image
-from hanet_fast.inference import amp_context, load_model, predict
+from hanet_fast.inference import MAX_PIXELS, MAX_WINDOWS, amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, pyplot
 
 __all__ = ["build_parser", "main", "find_images", "output_stems", "OUTPUT_SUFFIXES"]
@@ -182,16 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize every image to HxW for the network (outputs keep each image's size; default: "
                         "each image as it is)")
-    p.add_argument("--scales", type=scales_arg, default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
+    p.add_argument("--scales", type=scales_arg, default="1",
+                   help=f"comma-separated test scales, e.g. 0.75,1,1.25 (each at most {MAX_SCALE:g}; a scaled image "
+                        f"of more than {MAX_PIXELS} pixels is refused)")
     p.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
     p.add_argument("--window", type=size_arg, metavar="HxW", default=None,
-                   help="sliding-window inference with HxW windows (default: the whole image at once)")
+                   help=f"sliding-window inference with HxW windows (default: the whole image at once); more than "
+                        f"{WARN_WINDOWS} windows per image are announced, more than {MAX_WINDOWS} refused")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window shared by neighbouring windows, in [0, 1) (default: 1/3)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="autocast dtype on the device")
     add_compile_arg(p)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help=f"torch CPU threads (0: torch's default; at most {MAX_THREADS})")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 

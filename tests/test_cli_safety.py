@@ -299,3 +299,20 @@ def test_readme_infer_example_runs_verbatim(tmp_path):
     for k in range(4):
         for end in ("_pred.png", "_overlay.png", "_labelids.png", "_attention.npz"):
             assert (run / "predictions" / f"scene{k}{end}").is_file()
+
+
+def test_analyze_replaces_output_links_instead_of_following_them(tmp_path, capsys):
+    from hanet_fast import analyze
+
+    out, elsewhere = tmp_path / "out", tmp_path / "v"
+    out.mkdir()
+    elsewhere.mkdir()
+    keep = elsewhere / "keep.txt"
+    keep.write_text("mine")
+    (out / analyze.STATISTICS).symlink_to(keep)
+    (out / analyze.TABLE1).symlink_to(elsewhere / "new.txt")  # dangling
+    argv = ["--synthetic-count", "2", "--synthetic-size", "32x64", "--out", str(out), "--no-progress"]
+    assert "--overwrite" in _one_line(analyze, argv, capsys)
+    analyze.main(argv + ["--overwrite"])
+    assert keep.read_text() == "mine" and not (elsewhere / "new.txt").exists()
+    assert not (out / analyze.STATISTICS).is_symlink() and '"dataset"' in (out / analyze.STATISTICS).read_text()
