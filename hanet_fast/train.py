@@ -104,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=list(DATASET_NAMES), default=S,
                    help="training data (preset default: synthetic)")
     g.add_argument("--data-root", default=None, help="data set root (cityscapes: holds leftImg8bit/ and gtFine/; "
-                   "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
-    g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k; preset default: train)")
-    g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
+                   "bdd100k: holds images/10k/ and labels/sem_seg/masks/; mapillary: holds config.json, training/ "
+                   "and validation/, each with images/ and labels/)")
+    g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k/mapillary; preset default: train)")
+    g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k/mapillary)")
     g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=S, help="synthetic scene size HxW (preset: 128x256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
     g.add_argument("--synthetic-val", type=int, default=S, help="number of synthetic validation scenes (preset: 100)")
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--class-uniform-pct", type=float, default=S,
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")
+    g.add_argument("--coarse-boost-classes", default=S, metavar="IDS",
+                   help="cityscapes: comma-separated train ids whose class-uniform crops are also drawn from the "
+                        "coarse leftImg8bit/train_extra + gtCoarse/train_extra images (official "
+                        "--coarse_boost_classes, e.g. 14,15,16,3,12,17,4; empty: off)")
+    g.add_argument("--max-cu-epoch", type=int, default=S,
+                   help="with --coarse-boost-classes: epochs after this one draw class-uniform crops from the fine "
+                        "images only (official --max_cu_epoch 10000)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
     g.add_argument("--val-size", type=size_arg, metavar="HxW", default=None, help="resize validation images to HxW (default: as they are)")
     g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
@@ -140,7 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hanet-dropout", type=float, default=S, help="dropout on the pooled HANet input")
     g.add_argument("--no-pos-encoding", action="store_true", help="HANet without positional encoding")
     g.add_argument("--pretrained-backbone", default=S, help="none, imagenet (torchvision weights; timm's default pretrained tag for timm:NAME), or a file path")
-    g.add_argument("--no-aux", action="store_true", help="no auxiliary head / loss")
+    g.add_argument("--no-aux", dest="no_aux", action="store_true", default=S, help="no auxiliary head / loss")
+    g.add_argument("--aux", dest="no_aux", action="store_false", default=S,
+                   help="the auxiliary head and loss (overrides a preset's --no-aux)")
+    g.add_argument("--init-from", default=S, metavar="CHECKPOINT",
+                   help="initialise the whole network from a checkpoint of ours (file or run folder) or an official "
+                        "HANet snapshot: every tensor whose name and shape match is loaded, the others are listed and "
+                        "keep their initialisation; no optimiser state (not a resume; preset default: none)"),
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, default=S, help="training iterations")

@@ -29,13 +29,13 @@ import torch.nn as nn
 
 from hanet_fast import _io
 from hanet_fast._cli import compile_model
-from hanet_fast.data import CLASS_NAMES
 from hanet_fast.inference import amp_context
 from hanet_fast.models import convert_sync_batchnorm
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.data import build_datasets, class_statistics, train_loader
 from hanet_fast.training.errors import RunError
+from hanet_fast.training.init_from import init_from
 from hanet_fast.training.hooks import Hook, StepResult
 from hanet_fast.training.losses import segmentation_loss
 from hanet_fast.training.model import build_model, build_optimization
@@ -141,11 +141,18 @@ class Trainer:
         """Data sets, network, optimiser, schedule, scaler (restored from ``state`` on resume), DDP."""
         cfg, process = self.config, self.process
         torch.manual_seed(cfg.seed)
-        self.train_set, self.val_set = build_datasets(cfg)
         try:
-            model = build_model(cfg).to(self.device)
+            self.train_set, self.val_set = build_datasets(cfg)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        #: the classes of the run (names and colours), stored in every checkpoint
+        self.labels = self.train_set.labels
+        try:
+            model = build_model(cfg, self.train_set.labels.num_classes).to(self.device)
         except (ValueError, FileNotFoundError) as e:  # an unknown backbone, a missing weights file
             raise RunError(str(e)) from None
+        if cfg.init_from and state is None:  # a resume restores the whole run instead
+            self._init_from(model)
         if process.world > 1:  # same initial weights everywhere, then a different dropout / jitter stream per rank
             torch.manual_seed(cfg.seed + 1000003 * process.rank)
         if cfg.channels_last:
@@ -162,6 +169,16 @@ class Trainer:
         self.net = unwrap(self.model)
         self.hooks = (default_hooks(cfg.no_progress) if self.reporters and process.main else []) + self.extra_hooks
 
+    def _init_from(self, model: nn.Module) -> None:
+        """``--init-from``: every tensor whose name and shape match (the same on every rank: each
+        process reads the file); rank 0 prints which ones kept their initialisation."""
+        try:
+            report = init_from(model, self.config.init_from)
+        except (ValueError, FileNotFoundError) as e:
+            raise RunError(f"--init-from: {str(e).removeprefix('hanet_fast.training: ')}") from None
+        if self.process.main:
+            print(f"hanet_fast.train: {report.summary()}", file=sys.stderr)
+
     def _distributed(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel under torchrun (SyncBatchNorm on GPUs with ``sync_bn``)."""
         if self.process.world == 1:
@@ -176,7 +193,7 @@ class Trainer:
     def _prepare_run(self) -> None:
         """Class statistics, then (with the settings, checkpoint and data checked) the run folder, then the loader."""
         cfg, process = self.config, self.process
-        centroids = class_statistics(cfg, self.train_set, process)
+        data = class_statistics(cfg, self.train_set, process)
         if process.main:
             continuing = self.resumed and os.path.exists(cfg.out) and os.path.samefile(cfg.out,
                                                                                         run_folder_of(cfg.resume))
@@ -187,7 +204,7 @@ class Trainer:
             dist.broadcast_object_list(holder, src=0)
             cfg.out = holder[0]
         self.out = cfg.out
-        self.loader = train_loader(cfg, self.train_set, centroids, self.start, process, self.device)
+        self.loader = train_loader(cfg, data, self.start, process, self.device)
 
     def _train_loop(self) -> None:
         cfg = self.config
@@ -214,7 +231,7 @@ class Trainer:
             res = self.validate(final=True)
             if self.process.main:
                 metrics = {"iteration": res.iteration, "mIoU": res.miou, "pixel_acc": res.pixel_acc,
-                           "iou": {n: (None if math.isnan(v) else v) for n, v in zip(CLASS_NAMES, res.ious)},
+                           "iou": {n: (None if math.isnan(v) else v) for n, v in zip(self.labels.class_names, res.ious)},
                            "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device)}
                 _io.write_json(os.path.join(self.out, "metrics.json"), metrics, indent=1)
         self._call("after_train", metrics)
@@ -290,7 +307,7 @@ class Trainer:
                 "rng": states[0], "rng_per_rank": states, "args": self.config.to_dict(),
                 "model_config": json.loads(json.dumps(dataclasses.asdict(self.net.config))),
                 "threads": torch.get_num_threads(), "train_seconds": self.seconds_before + time.time() - self.t0,
-                "train_images": len(self.train_set),
+                "train_images": len(self.train_set), "labels": self.labels.to_dict(),
             }, path)
         except ckpt_io.CheckpointError as e:
             raise RunError(str(e), status=1) from None

@@ -13,7 +13,6 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hanet_fast import evaluation
-from hanet_fast.data import NUM_CLASSES
 from hanet_fast.inference import amp_context
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.metrics import iou_from_confusion
@@ -63,7 +62,7 @@ def validate(model: nn.Module, dataset, device: torch.device, cfg: TrainConfig, 
         conf = evaluation.accumulate_confusion(net, loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                                                on_batch=on_batch)[0]
     else:  # more processes than validation images
-        conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        conf = torch.zeros(net.num_classes, net.num_classes, dtype=torch.int64)
     if process.world > 1:
         conf = conf.to(device)
         dist.all_reduce(conf)
@@ -92,7 +91,7 @@ def write_figures(model: nn.Module, dataset, device: torch.device, cfg: TrainCon
         if res.attention and not attention_figure(sample["image"], {n: a[0] for n, a in res.attention.items()},
                                                   os.path.join(out, "attention.png")):
             warnings.warn("hanet_fast.train: matplotlib is not installed: no attention.png")
-    grid = prediction_grid(images, masks, preds)
+    grid = prediction_grid(images, masks, preds, dataset.labels)
     save_png(grid, os.path.join(out, "predictions.png"))
     net.train(was_training)
     return grid
