@@ -234,6 +234,32 @@ def compile_backend(name: str) -> str:
     return name
 
 
+#: The checkpoint a training run folder gives: ``last`` (the newest, default) or ``best`` (the best
+#: validation mIoU, hanet_fast.training.best).
+RUN_CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best.pt"}
+
+
+def add_run_checkpoint_arg(group) -> None:
+    """The ``--run-checkpoint {last,best}`` flag of ``evaluate``, ``infer`` and ``export``."""
+    group.add_argument("--run-checkpoint", choices=list(RUN_CHECKPOINT_FILES), default="last",
+                       help="which checkpoint a run folder given as --checkpoint gives: last (checkpoint.pt, the newest) "
+                            "or best (best.pt, the best validation mIoU of the run)")
+
+
+def run_checkpoint(path: str, which: str = "last") -> str:
+    """The file ``--checkpoint path`` names: in a run folder, its ``checkpoint.pt`` or ``best.pt``
+    (``which``); a file as it is. ValueError naming the flag when ``best`` is asked of a file or
+    a run folder that has no ``best.pt``."""
+    if not os.path.isdir(path):
+        if which != "last":
+            raise ValueError(f"--run-checkpoint {which} picks a file of a run folder; --checkpoint {path} is a file")
+        return path
+    file = os.path.join(path, RUN_CHECKPOINT_FILES[which])
+    if which == "best" and not os.path.isfile(file):
+        raise ValueError(f"--run-checkpoint best: {path} has no best.pt (the run has not validated yet)")
+    return file
+
+
 def add_compile_arg(group) -> None:
     """The ``--compile [BACKEND]`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for
     all three): absent, ``None`` (eager); bare, :data:`DEFAULT_COMPILE_BACKEND`."""

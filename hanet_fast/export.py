@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from hanet_fast._cli import HelpFormatter, parse_args, size_arg
+from hanet_fast._cli import HelpFormatter, add_run_checkpoint_arg, parse_args, run_checkpoint, size_arg
 from hanet_fast.nn.positional import full_image_row_pos
 from hanet_fast.ops.decompose import decompositions
 
@@ -136,11 +136,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     return os.fspath(path)
 
 
-def default_output(checkpoint: str, fmt: str, size: tuple[int, int], dynamic: bool, pt2_ops: str) -> str:
+def default_output(checkpoint: str, fmt: str, size: tuple[int, int], dynamic: bool, pt2_ops: str,
+                   run_checkpoint: str = "last") -> str:
     """``<checkpoint folder>/<stem>-<H>x<W>[-dynamic][-fused].<fmt>``: next to the checkpoint, named
-    by what the file accepts."""
+    by what the file accepts (a run folder's: ``model``, or ``best`` for its ``best.pt``)."""
     folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-    stem = "model" if os.path.isdir(checkpoint) else os.path.splitext(os.path.basename(checkpoint))[0]
+    stem = ("model" if run_checkpoint == "last" else "best") if os.path.isdir(checkpoint) else \
+        os.path.splitext(os.path.basename(checkpoint))[0]
     name = f"{stem}-{size[0]}x{size[1]}" + ("-dynamic" if dynamic else "")
     name += "-fused" if fmt == "pt2" and pt2_ops == "fused" else ""
     return os.path.join(folder or ".", f"{name}.{fmt}")
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+    add_run_checkpoint_arg(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (standard operators) or pt2 (torch.export)")
     p.add_argument("--size", required=True, type=size_arg, metavar="HxW",
                    help="input size HxW traced; without --dynamic the only size the export accepts")
@@ -191,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     p = build_parser()
     args = parse_args(p, None if argv is None else list(argv), _check_args)
-    out = args.out or default_output(args.checkpoint, args.format, args.size, args.dynamic, args.pt2_ops)
+    out = args.out or default_output(args.checkpoint, args.format, args.size, args.dynamic, args.pt2_ops,
+                                     args.run_checkpoint)
     if os.path.exists(out) and not args.overwrite:
         p.exit(2, f"{p.prog}: error: --out {out} exists; pass --overwrite to replace it\n")
     try:
-        model, info = load_model(args.checkpoint, device="cpu", backbone=args.backbone,
+        model, info = load_model(run_checkpoint(args.checkpoint, args.run_checkpoint), device="cpu", backbone=args.backbone,
                                  output_stride=args.output_stride)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         if args.format == "onnx":

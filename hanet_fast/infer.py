@@ -4,7 +4,8 @@ Inputs are image files and/or folders (searched recursively). For every image ``
 it writes, under ``--out`` and mirroring the inputs' folder structure (paths relative to the
 inputs' common parent folder, so same-named files in different folders never collide):
 
-- ``<stem>_pred.png``: the prediction in the Cityscapes colours;
+- ``<stem>_pred.png``: the prediction in the colours of the network's classes (a checkpoint of ours stores them, e.g.
+  Mapillary's 65; Cityscapes' for a 19-class network without them);
 - ``<stem>_overlay.png``: the colours blended over the image (``--alpha``);
 - ``<stem>_trainids.png`` / ``<stem>_labelids.png`` (``--save-trainids`` / ``--save-labelids``):
   the raw 8-bit maps, trainIds 0-18 or Cityscapes labelIds (what the official evaluation reads);
@@ -43,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hanet_fast._cli import (HelpFormatter, add_compile_arg, check_outputs, compile_model, default_out, error_exit,
-                             image_size, parse_args, resolve_device, same_size_batches, scales_arg, size_arg)
+from hanet_fast._cli import (HelpFormatter, add_compile_arg, add_run_checkpoint_arg, check_outputs, compile_model,
+                             default_out, error_exit, image_size, parse_args, resolve_device, run_checkpoint,
+                             same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
-from hanet_fast.data.labels import colorize, train_to_label_lut
+from hanet_fast.data.labels import NUM_CLASSES, labels_for, train_to_label_lut
 from hanet_fast.data.transforms import normalize_image, resize_image
 from hanet_fast.inference import amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, save_png
@@ -136,13 +138,15 @@ def output_stems(paths: list[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hanet_fast.infer",
-        description="Segment images with a trained DeepLabv3+/HANet network: colour predictions (Cityscapes "
-                    "palette) and overlays, optionally raw trainId/labelId maps and HANet attention maps.",
+        description="Segment images with a trained DeepLabv3+/HANet network: colour predictions (the classes' "
+                    "palette stored in the checkpoint, else Cityscapes') and overlays, optionally raw trainId/labelId "
+                    "maps and HANet attention maps.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+    add_run_checkpoint_arg(p)
     p.add_argument("--out", default=None,
                    help="output folder, mirroring the inputs' folder structure (default: <run folder>/predictions "
                         "when --checkpoint is a run folder, else ./predictions)")
@@ -222,11 +226,15 @@ def main(argv: list[str] | None = None) -> list[str]:
         check_outputs([os.path.join(args.out, stem + end) for stem in stems for end in suffixes], flag="--out",
                       overwrite=args.overwrite, inputs=paths, owners=[path for path in paths for _ in suffixes])
         batches = _batches(paths, args.size, args.batch_size)
-        model, info = load_model(args.checkpoint, device=device)
+        model, info = load_model(run_checkpoint(args.checkpoint, args.run_checkpoint), device=device)
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
         if args.compile:
             compile_model(model, args.compile)
+        if args.save_labelids and model.num_classes != NUM_CLASSES:
+            raise ValueError(f"--save-labelids: Cityscapes labelIds need a {NUM_CLASSES}-class network, "
+                             f"{info['path']} has {model.num_classes} classes")
+        args.labels = labels_for(model.num_classes, info["labels"])  # the classes' colours in _save
         to_label = train_to_label_lut() if args.save_labelids else None
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:
@@ -254,8 +262,8 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
         prob = F.interpolate(prob, size=original.shape[:2], mode="bilinear", align_corners=False)
     pred = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    save_png(colorize(pred), base + PRED)
-    save_png(overlay(original, pred, args.alpha), base + OVERLAY)
+    save_png(args.labels.colorize(pred), base + PRED)
+    save_png(overlay(original, pred, args.alpha, args.labels), base + OVERLAY)
     if args.save_trainids:
         save_png(pred, base + TRAINIDS)
     if to_label is not None:

@@ -70,6 +70,16 @@ class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Flag defaults shown, and the epilog's preset table kept as laid out."""
 
 
+def _val_every(text: str) -> int | str:
+    """``--val-every``: ``epoch`` or a count of iterations."""
+    if text == "epoch":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of iterations or 'epoch', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m hanet_fast.train",
@@ -187,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalar interval (iterations)")
-    g.add_argument("--val-every", type=int, default=S, help="validation interval (iterations; 0: only at the end)")
+    g.add_argument("--val-every", type=_val_every, default=S, metavar="N|epoch",
+                   help="validation interval: N iterations (0: only at the end) or 'epoch' (after every epoch of the "
+                        "sampler, as the official trainer); each validation that beats the best so far writes best.pt")
     g.add_argument("--ckpt-every", type=int, default=S, help="checkpoint interval (iterations; always at the end)")
     g.add_argument("--num-vis", type=int, default=4, help="validation samples in predictions.png")
     return p

@@ -142,3 +142,32 @@ def test_bdd100k_presets_use_a_tile_that_finds_centroids(tmp_path):
         assert cfg.class_uniform_tile == BDD100K_CLASS_UNIFORM_TILE and cfg.class_uniform_pct == 0.5
     cents = class_centroids(BDD100K(root, "train"), str(tmp_path / "cache"), tile=cfg.class_uniform_tile)
     assert cents[13] and cents[0] and cents[10]
+
+
+def test_evaluate_infer_analyze_name_and_colour_65_classes(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from hanet_fast import analyze, evaluate, infer
+    from test_recipes_data import _mapillary_config
+
+    root = _mapillary_tree(tmp_path)
+    run = tmp_path / "run"
+    assert main(_mapillary_args(root, tmp_path, run)) == 0
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", str(run), "--no-progress", "--json", str(out), "--workers", "0"]) == 0
+    result = json.load(open(out))
+    assert result["dataset"] == "mapillary" and list(result["iou"])[:2] == ["Class 0", "Class 1"]
+    assert len(result["iou"]) == 65 and "Class 64" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # labelIds are Cityscapes': one line naming the flag
+        evaluate.main(["--checkpoint", str(run), "--no-progress", "--save-labelids", str(tmp_path / "ids")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after evaluate's usage lines
+    assert exc.value.code == 2 and "--save-labelids" in err and "65-class" in err
+    infer.main([os.path.join(root, "validation", "images"), "--checkpoint", str(run), "--out", str(tmp_path / "pred"),
+                "--no-progress"])
+    pred = np.asarray(Image.open(tmp_path / "pred" / "e_pred.png").convert("RGB")).reshape(-1, 3)
+    palette = {tuple(label["color"]) for label in _mapillary_config()["labels"][:65]}
+    assert {tuple(c) for c in np.unique(pred, axis=0)} <= palette
+    report = analyze.main(["--dataset", "mapillary", "--data-root", root, "--out", str(tmp_path / "analysis"),
+                           "--no-progress"])
+    assert report["class_names"][64] == "Class 64" and len(report["class_names"]) == 65

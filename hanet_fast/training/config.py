@@ -123,7 +123,7 @@ class TrainConfig:
     sync_bn: bool = _D["sync_bn"]
     # logging
     log_every: int = 10
-    val_every: int = _D["val_every"]
+    val_every: int | str = _D["val_every"]  # iterations, or "epoch"
     ckpt_every: int = _D["ckpt_every"]
     num_vis: int = 4
 
@@ -194,7 +194,9 @@ class TrainConfig:
             value = getattr(self, key)
             _require(value >= 0 and math.isfinite(value), f"{{{key}}} must be a finite number >= 0, got {value}", key)
         _require(self.log_every >= 1, f"{{log_every}} must be at least 1, got {self.log_every}", "log_every")
-        for key in ("val_every", "ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size",
+        _require(self.val_every == "epoch" or (isinstance(self.val_every, int) and self.val_every >= 0),
+                 f"{{val_every}} must be 'epoch' or a number of iterations >= 0, got {self.val_every!r}", "val_every")
+        for key in ("ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size",
                     "num_vis", "class_uniform_tile"):
             _require(getattr(self, key) >= 0, f"{{{key}}} must not be negative, got {getattr(self, key)}", key)
         _require(0 <= self.class_uniform_pct <= 1,

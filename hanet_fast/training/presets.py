@@ -40,7 +40,8 @@ _OFFICIAL_SCRIPT = dict(
     max_cu_epoch=10000,                        # --max_cu_epoch 10000 (the cut of coarse boosting)
     init_from=None, coarse_boost_classes="",   # no --snapshot, no --coarse_boost_classes unless passed
     no_aux=False,                              # --aux_loss (all but the Mapillary pretraining)
-    dataset="cityscapes", train_split="train", val_every=2000, ckpt_every=2000,
+    dataset="cityscapes", train_split="train", ckpt_every=2000,
+    val_every="epoch",                         # train.py validates after every epoch (and keeps the best)
     synthetic_size=(128, 256), synthetic_train=2000, synthetic_val=100,
 )
 # The official code loads its deep-stem ResNet-101 ImageNet weights from this file

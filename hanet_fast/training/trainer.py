@@ -34,6 +34,7 @@ from hanet_fast.models import convert_sync_batchnorm
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.data import build_datasets, class_statistics, train_loader
+from hanet_fast.training.best import BestCheckpoint
 from hanet_fast.training.errors import RunError
 from hanet_fast.training.init_from import init_from
 from hanet_fast.training.hooks import Hook, StepResult
@@ -78,6 +79,8 @@ class Trainer:
         self.out: str | None = None
         #: ``(path, iteration)`` of the newest checkpoint of this run (None before the first one).
         self.last_checkpoint: tuple[str, int] | None = None
+        #: ``{"iteration", "mIoU"}`` of the best validation so far (``best.pt``; None before one).
+        self.best: dict | None = None
         self._claim = None
 
     # ------------------------------------------------------------------ the run
@@ -167,7 +170,8 @@ class Trainer:
         self.stop = min(cfg.iters, cfg.stop_after) if cfg.stop_after else cfg.iters
         self.model = self._distributed(model)
         self.net = unwrap(self.model)
-        self.hooks = (default_hooks(cfg.no_progress) if self.reporters and process.main else []) + self.extra_hooks
+        self.hooks = ((default_hooks(cfg.no_progress) if self.reporters and process.main else []) + [BestCheckpoint()]
+                      + self.extra_hooks)
 
     def _init_from(self, model: nn.Module) -> None:
         """``--init-from``: every tensor whose name and shape match (the same on every rank: each
@@ -218,9 +222,19 @@ class Trainer:
             it = step.iteration
             if cfg.ckpt_every and it % cfg.ckpt_every == 0 and it < self.stop:
                 self.save_checkpoint()
-            if cfg.val_every and it % cfg.val_every == 0 and it < cfg.iters:
+            if self._validation_due(it) and it < cfg.iters:
                 self.validate()
         self._call("after_loop")
+
+    def _validation_due(self, it: int) -> bool:
+        """``--val-every``: after every N iterations, or (``epoch``) after the iteration that
+        completes an epoch of the sampler (the official trainer validates after each epoch)."""
+        every = self.config.val_every
+        if every == "epoch":
+            sampler = self.loader.batch_sampler
+            step = sampler.batch_size * sampler.world_size
+            return sampler.locate(it * step)[0] > sampler.locate((it - 1) * step)[0]
+        return bool(every) and it % every == 0
 
     def _finish(self) -> dict:
         """The final checkpoint; when all iterations are done, the final validation and ``metrics.json``."""
@@ -232,7 +246,8 @@ class Trainer:
             if self.process.main:
                 metrics = {"iteration": res.iteration, "mIoU": res.miou, "pixel_acc": res.pixel_acc,
                            "iou": {n: (None if math.isnan(v) else v) for n, v in zip(self.labels.class_names, res.ious)},
-                           "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device)}
+                           "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device),
+                           "best": self.best}
                 _io.write_json(os.path.join(self.out, "metrics.json"), metrics, indent=1)
         self._call("after_train", metrics)
         return metrics
@@ -279,10 +294,12 @@ class Trainer:
         self._call("after_validation", result)
         return result
 
-    def save_checkpoint(self, path: str | None = None) -> None:
+    def save_checkpoint(self, path: str | None = None, latest: bool = True) -> None:
         """Write the checkpoint (default ``<run folder>/checkpoint.pt``) that a resume continues
-        exactly from: model, optimiser, schedule, scaler, every rank's RNG states, the settings.
-        Every process takes part; rank 0 writes (atomically).
+        exactly from: model, optimiser, schedule, scaler, every rank's RNG states, the settings,
+        the classes, the best validation so far. Every process takes part; rank 0 writes
+        (atomically). ``latest``: it is the run's newest checkpoint (what a Ctrl-C names;
+        ``best.pt`` is not).""
 
         Raises:
             RunError: the weights hold NaN or Inf (the run diverged; nothing is written), or the
@@ -307,12 +324,13 @@ class Trainer:
                 "rng": states[0], "rng_per_rank": states, "args": self.config.to_dict(),
                 "model_config": json.loads(json.dumps(dataclasses.asdict(self.net.config))),
                 "threads": torch.get_num_threads(), "train_seconds": self.seconds_before + time.time() - self.t0,
-                "train_images": len(self.train_set), "labels": self.labels.to_dict(),
+                "train_images": len(self.train_set), "labels": self.labels.to_dict(), "best": self.best,
             }, path)
         except ckpt_io.CheckpointError as e:
             raise RunError(str(e), status=1) from None
-        self.last_checkpoint = (path, self.iteration)
-        self._call("after_checkpoint", path)
+        if latest:
+            self.last_checkpoint = (path, self.iteration)
+            self._call("after_checkpoint", path)
 
     def _diverged(self, what: str) -> RunError:
         cfg = self.config
