@@ -6,7 +6,8 @@ mIoU on the synthetic validation split and leaves in its run folder (``runs/<tim
 ``--out``)::
 
     checkpoint.pt      the last checkpoint (atomic; every --ckpt-every iterations and at the end)
-    metrics.json       final per-class IoU, mIoU, pixel accuracy, wall time
+    best.pt            the checkpoint of the best validation mIoU so far (atomic; kept across --resume)
+    metrics.json       final per-class IoU, mIoU, pixel accuracy, wall time, the best validation
     args.json          the effective settings
     tb/                TensorBoard scalars (loss, lr, images/s, val mIoU and IoUs) and images
     attention.png      HANet attention maps of a validation image (paper Fig. 5)
@@ -23,6 +24,8 @@ the run there or ``--overwrite`` replaces it; a run holds its folder while it la
 into it is refused). Ctrl-C names the checkpoint to ``--resume`` from (exit 130); a diverging run
 (loss or weights NaN or Inf) stops in one line (exit 1) and never checkpoints NaN weights.
 
+Real data, multi-node runs and the official recipes: docs/training.md.
+
 From Python: ``from hanet_fast.training import TrainConfig, Trainer`` (this module only parses
 the flags into a :class:`~hanet_fast.training.TrainConfig` and runs ``Trainer(config).fit()``).
 
@@ -34,8 +37,10 @@ Presets (``--preset NAME``, :mod:`hanet_fast.training.presets`; explicit flags o
   weights (nothing to download).
 - one preset per training script of the official code (github.com/shachoi/HANet ``scripts/``),
   named after it: ``train_r101_os8_hanet``, ``train_r101_os8_hanet_best``,
-  ``train_r101_os16_hanet``, ``train_m_os16_hanet`` and ``train_resnext_fr_pretrain``, with
-  every setting the script passes and the official ``train.py`` defaults for the rest.
+  ``train_r101_os16_hanet``, ``train_m_os16_hanet``, ``train_resnext_pretrain`` (Mapillary
+  Vistas) and ``train_resnext_fr_pretrain`` (``--init-from`` the Mapillary network, coarse
+  boosting), with every setting the script passes and the official ``train.py`` defaults for
+  the rest; they validate after every epoch (``--val-every epoch``).
   ``--batch-size`` is per process: run them with ``torchrun --nproc_per_node=N`` for the
   script's N GPUs (the table's "batch" column) to get its total batch.
 - ``bdd100k-r101-os16`` and ``bdd100k-mobilenet-os16``: BDD100K as the paper trains it (§4.3:
@@ -139,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "images only (official --max_cu_epoch 10000)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
     g.add_argument("--val-size", type=size_arg, metavar="HxW", default=None, help="resize validation images to HxW (default: as they are)")
-    g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
+    g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 4 mapillary, 1 otherwise)")
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
     g = p.add_argument_group("model")

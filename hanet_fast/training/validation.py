@@ -19,7 +19,11 @@ from hanet_fast.training.metrics import iou_from_confusion
 from hanet_fast.training.runtime import Process
 from hanet_fast.training.visualize import attention_figure, prediction_grid, save_png
 
-__all__ = ["ValidationResult", "validation_size", "validate", "write_figures", "unwrap"]
+#: The validation batch per process when ``--val-batch-size`` is 0: images of one size batch
+#: (synthetic scenes; Mapillary's 1536 x 1536 crops, 4 as the official trainer), others go one by one.
+VAL_BATCH_SIZES = {"synthetic": 8, "mapillary": 4}
+
+__all__ = ["VAL_BATCH_SIZES", "ValidationResult", "validation_size", "validate", "write_figures", "unwrap"]
 
 
 @dataclasses.dataclass
@@ -55,7 +59,7 @@ def validate(model: nn.Module, dataset, device: torch.device, cfg: TrainConfig, 
     was_training = net.training
     net.eval()
     indices = list(range(process.rank, validation_size(cfg, dataset), process.world))
-    batch_size = cfg.val_batch_size or (8 if cfg.dataset == "synthetic" else 1)
+    batch_size = cfg.val_batch_size or VAL_BATCH_SIZES.get(cfg.dataset, 1)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=cfg.workers, generator=torch.Generator())
     if indices:
