@@ -8,7 +8,8 @@
     python -m hanet_fast.evaluate --checkpoint hanet_r101_os8.pth --data-root /data/cityscapes \\
         --scales 0.5,1.0,2.0 --flip --sliding 864x864 --save-labelids preds/ --official --json metrics.json
 
-The checkpoint is ours (``checkpoint.pt`` of ``python -m hanet_fast.train`` or its run folder)
+The checkpoint is ours (``checkpoint.pt`` of ``python -m hanet_fast.train`` or its run folder,
+which gives its last ``checkpoint.pt``, or with ``--run-checkpoint best`` its ``best.pt``)
 or an official HANet one (detected automatically). Without ``--dataset`` our checkpoints are
 evaluated on their training data set (for the synthetic scenes: the same size, number of
 validation scenes and data seed), official ones on Cityscapes.

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+                   help="checkpoint.pt (or best.pt) or run folder of python -m hanet_fast.train (it gives checkpoint.pt; "
+                        "--run-checkpoint best: best.pt), or an official HANet checkpoint")
     add_run_checkpoint_arg(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (standard operators) or pt2 (torch.export)")
     p.add_argument("--size", required=True, type=size_arg, metavar="HxW",

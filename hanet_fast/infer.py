@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+                   help="checkpoint.pt (or best.pt) or run folder of python -m hanet_fast.train (it gives checkpoint.pt; "
+                        "--run-checkpoint best: best.pt), or an official HANet checkpoint")
     add_run_checkpoint_arg(p)
     p.add_argument("--out", default=None,
                    help="output folder, mirroring the inputs' folder structure (default: <run folder>/predictions "

@@ -65,6 +65,12 @@ def test_best_pt_holds_the_best_validation_and_a_resume_keeps_it(tmp_path, monke
     assert load_model(run_checkpoint(str(run), "best"))[1]["iteration"] == 4
     with pytest.raises(ValueError, match="--run-checkpoint best"):
         run_checkpoint(str(run / "best.pt"), "best")
+    from hanet_fast import evaluate
+    for which, iteration in (("best", 4), ("last", 8)):
+        out = tmp_path / f"{which}.json"
+        assert evaluate.main(["--checkpoint", str(run), "--run-checkpoint", which, "--no-progress", "--workers", "0",
+                              "--json", str(out)]) == 0
+        assert json.load(open(out))["iteration"] == iteration
 
 
 def test_val_every_epoch_validates_after_each_epoch(tmp_path, monkeypatch):
