@@ -3,7 +3,7 @@
 
     python benchmarks/run.py                         # every suite, sized for the device (GPU if any)
     python benchmarks/run.py --suites train-step     # a selection
-    python benchmarks/run.py --smoke                 # seconds: tiny sizes, 1 repeat, MobileNetV2 only
+    python benchmarks/run.py --smoke                 # minutes on a CPU (torch.compile): tiny sizes, 1 repeat
 
 Suites (``--suites``, run in the order given; default all, in this priority order):
 
@@ -39,6 +39,7 @@ from benchmarks import report  # noqa: E402
 from benchmarks.common import REPO_ROOT, Budget, device_slug, load_average, log, machine_info, parse_list  # noqa: E402
 from benchmarks.suites import SUITE_NAMES, Context, inference, ops, train_step  # noqa: E402
 from hanet_fast._cli import DEFAULT_COMPILE_BACKEND, compile_backend  # noqa: E402
+from hanet_fast._io import folder_problem  # noqa: E402
 
 # Priority order: the training step's headline case first, the cheap op suites last.
 DEFAULT_ORDER = ("train-step", "inference", "module", "ops")
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"wall-clock budget in s; 0 = none (default {DEFAULT_BUDGET_S['cuda']:.0f} on a GPU, "
                         f"{DEFAULT_BUDGET_S['cpu']:.0f} on a CPU)")
     g.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repeat, MobileNetV2 only: checks the "
-                   "machinery in seconds (timings meaningless)")
+                   "machinery in minutes, most of them torch.compile's (timings meaningless)")
     g.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default per suite and device)")
     g.add_argument("--warmup", type=int, default=None, help="untimed calls per variant after the first (default "
                    "per suite and device)")
@@ -110,18 +111,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.budget_s is not None and args.budget_s < 0:
         p.error(f"--budget-s must be >= 0 (0 = no budget), got {args.budget_s}")
+    try:
+        args.device = _device(args.device)
+    except ValueError as e:
+        p.error(str(e))
+    problem = folder_problem(args.out) if args.out else None
+    if problem:
+        p.error(f"--out {args.out}: {problem}")
     return args
+
+
+def _device(text: str | None) -> torch.device:
+    """``--device``: cpu or cuda[:i] (default cuda when available); ValueError naming the problem."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEFAULT_BUDGET_S:
+        raise ValueError(f"--device: cpu or cuda[:i], got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: no CUDA device available")
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     load_start = load_average()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type not in DEFAULT_BUDGET_S:
-        raise SystemExit(f"--device: cpu or cuda[:i], got {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
+    device = args.device
     if device.index is not None:
         torch.cuda.set_device(device)  # CUDA events and the allocator statistics use the current device
     suites = parse_list(args.suites, SUITE_NAMES, "suites")

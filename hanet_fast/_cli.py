@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from hanet_fast._io import folder_problem
 from hanet_fast.data import DatasetError
 
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
            "image_size", "same_size_batches", "add_compile_arg", "compile_backend", "compile_model",
-           "DEFAULT_COMPILE_BACKEND", "default_out"]
+           "DEFAULT_COMPILE_BACKEND", "default_out", "check_workload", "interrupted", "MAX_SCALE",
+           "MAX_THREADS", "WARN_WINDOWS", "checkpoint_files"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,26 +44,77 @@ def size_arg(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+#: The largest test scale accepted on a command line (the image size bounds it further, see
+#: :func:`check_workload`); the official multi-scale test goes up to 2.
+MAX_SCALE = 16.0
+
+
 def scales_arg(text: str) -> tuple[float, ...]:
-    """argparse type: comma-separated positive scales, e.g. ``0.5,1,2``."""
+    """argparse type: comma-separated positive scales up to :data:`MAX_SCALE`, e.g. ``0.5,1,2``."""
     try:
         scales = tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         scales = ()
-    if not scales or any(not s > 0 or s == float("inf") for s in scales):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers such as 0.5,1,2, got {text!r}")
+    if not scales or any(not 0 < s <= MAX_SCALE for s in scales):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers up to {MAX_SCALE:g} such as "
+                                         f"0.5,1,2, got {text!r}")
     return scales
+
+
+def check_workload(sizes: Iterable[tuple[int, int]], scales: Sequence[float], window: tuple[int, int] | None,
+                   overlap: float) -> None:
+    """:func:`hanet_fast.inference.check_workload` for every image size, before the model loads:
+    ValueError naming ``--scales`` or ``--window``; a warning with the count when an image takes
+    more than :data:`WARN_WINDOWS` windows (a run that would take minutes is announced)."""
+    from hanet_fast.inference import WorkloadError
+    from hanet_fast.inference import check_workload as check
+
+    most, at = 1, None
+    for size in sizes:
+        try:
+            n = check(size, scales, window, overlap)
+        except WorkloadError as e:
+            raise ValueError(f"--{e.argument}: {e}") from None
+        if n > most:
+            most, at = n, size
+    if most > WARN_WINDOWS:
+        warnings.warn(f"--window {window[0]}x{window[1]} with --overlap {overlap:g} cuts the {at[0]}x{at[1]} images "
+                      f"into {most} windows (at one scale), each a pass of the network: {most} times the work of "
+                      f"whole images")
+
+
+#: More sliding windows per image than this is announced (:func:`check_workload`).
+WARN_WINDOWS = 64
+
+
+#: The most torch CPU threads a command accepts (``--threads``): far more than any machine's cores,
+#: far fewer than the tens of thousands at which creating the thread pool crashes the process.
+MAX_THREADS = 1024
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None,
                check: Callable[[argparse.ArgumentParser, argparse.Namespace], None]) -> argparse.Namespace:
     """Parse ``argv``, run the tool's ``check(parser, args)`` (which calls ``parser.error``) and
-    apply ``--threads`` (0: torch's default)."""
+    apply ``--threads`` (0: torch's default; at most :data:`MAX_THREADS`). Warnings are shown
+    from then on as one line ``warning: <message>`` (without the library's file and source line)."""
     args = parser.parse_args(argv)
     check(parser, args)
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", 0)
+    if threads and not 0 < threads <= MAX_THREADS:
+        parser.error(f"--threads must be in 0..{MAX_THREADS} (this machine has {os.cpu_count()} CPUs), got {threads}")
+    warnings.formatwarning = _one_line_warning
+    if threads:
+        torch.set_num_threads(threads)
     return args
+
+
+def interrupted(parser: argparse.ArgumentParser, detail: str = "") -> NoReturn:
+    """Ctrl-C: exit with status 130 and one line ``<prog>: interrupted[ (detail)]`` on stderr."""
+    parser.exit(130, f"\n{parser.prog}: interrupted" + (f" ({detail})" if detail else "") + "\n")
 
 
 def resolve_device(text: str) -> torch.device:
@@ -73,6 +126,8 @@ def resolve_device(text: str) -> torch.device:
         device = torch.device(text)
     except RuntimeError as e:
         raise ValueError(f"--device {text!r} is not a device: {e}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text!r}: not a device that computes results here (use cpu or cuda)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {text!r}: CUDA is not available on this machine (use --device cpu)")
@@ -195,14 +250,21 @@ def check_outputs(paths: Sequence[str], *, flag: str, overwrite: bool, inputs: I
                          f"--overwrite to replace them, or choose another {flag}")
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """``(H, W)`` of an image file from its header, without decoding it.
+# EXIF Orientation values that turn the image a quarter (its stored width becomes the height).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def image_size(path: str, *, oriented: bool = False) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header, without decoding it; ``oriented``: as
+    :func:`hanet_fast.data.read_image` with ``oriented=True`` returns it (EXIF Orientation applied).
 
     Raises:
         hanet_fast.data.DatasetError: the file is missing or not a readable image (named).
     """
     try:
         with Image.open(path) as im:
+            if oriented and im.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS:
+                return im.width, im.height
             return im.height, im.width
     except Exception as e:  # PIL.UnidentifiedImageError, OSError
         raise DatasetError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
@@ -247,15 +309,16 @@ def add_run_checkpoint_arg(group) -> None:
 
 
 def run_checkpoint(path: str, which: str = "last") -> str:
-    """The file ``--checkpoint path`` names: in a run folder, its ``checkpoint.pt`` or ``best.pt``
-    (``which``); a file as it is. ValueError naming the flag when ``best`` is asked of a file or
-    a run folder that has no ``best.pt``."""
-    if not os.path.isdir(path):
-        if which != "last":
-            raise ValueError(f"--run-checkpoint {which} picks a file of a run folder; --checkpoint {path} is a file")
+    """What ``--checkpoint path`` with ``--run-checkpoint which`` loads: ``last``, the path as it is
+    (a run folder gives its ``checkpoint.pt``, see :func:`hanet_fast.inference.load_model`);
+    ``best``, the run folder's ``best.pt``. ValueError naming the flag when ``best`` is asked of a
+    file or of a run folder that has no ``best.pt``."""
+    if which == "last":
         return path
+    if not os.path.isdir(path):
+        raise ValueError(f"--run-checkpoint {which} picks a file of a run folder; --checkpoint {path} is a file")
     file = os.path.join(path, RUN_CHECKPOINT_FILES[which])
-    if which == "best" and not os.path.isfile(file):
+    if not os.path.isfile(file):
         raise ValueError(f"--run-checkpoint best: {path} has no best.pt (the run has not validated yet)")
     return file
 
@@ -275,6 +338,12 @@ def compile_model(model: torch.nn.Module, backend: str = DEFAULT_COMPILE_BACKEND
     checkpoint written by a compiled run loads into an eager one and back."""
     model.compile(backend=backend)
     return model
+
+
+def checkpoint_files(checkpoint: str) -> list[str]:
+    """The files ``--checkpoint`` may name, to pass as ``inputs`` to :func:`check_outputs`: the
+    path itself and, for a run folder, its ``checkpoint.pt`` and ``best.pt``."""
+    return [checkpoint] + [os.path.join(checkpoint, name) for name in RUN_CHECKPOINT_FILES.values()]
 
 
 def default_out(out: str | None, checkpoint: str | None, name: str) -> str:

@@ -34,10 +34,12 @@ _counter = itertools.count()
 
 
 def _temporary(path: str, pid: int | str, n: int | str = "") -> str:
-    """``<folder>/.<name>.tmp<pid>.<n>``: in the target's folder (so ``os.replace`` is a rename on
-    one file system), hidden, and naming the writing process (see :func:`remove_stale_temporaries`)."""
+    """``<folder>/.<name>.tmp<pid>.<n><ext>``: in the target's folder (so ``os.replace`` is a rename
+    on one file system), hidden, naming the writing process (see :func:`remove_stale_temporaries`),
+    and ending like the target (writers that take a file name infer the format from it)."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.tmp{pid}" + (f".{n}" if n != "" else ""))
+    tail = f".{n}{os.path.splitext(name)[1]}" if n != "" else ""
+    return os.path.join(folder, f".{name}.tmp{pid}{tail}")
 
 
 def folder_problem(path: str) -> str | None:

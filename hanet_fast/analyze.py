@@ -19,7 +19,6 @@ once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from hanet_fast import _io
 from hanet_fast._cli import HelpFormatter, check_outputs, default_out, error_exit, parse_args, resolve_device, size_arg
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
@@ -223,8 +223,9 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict, mod
     with torch.no_grad():
         out = model(sample["image"][None].to(device), sample["row_pos"][None].to(device), return_attention=True)
     path = os.path.join(args.out, FIG5)
-    attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, path,
-                     title=f"HANet attention, image {args.sample} ({args.dataset} {args.split})")
+    with _io.atomic_path(path) as tmp:
+        attention_figure(sample["image"], {n: a[0] for n, a in out.attention.items()}, tmp,
+                         title=f"HANet attention, image {args.sample} ({args.dataset} {args.split})")
     written.append(path)
     arrays = {f"sample_{n}": a[0].float().cpu().numpy() for n, a in out.attention.items()}
     report["attention"] = {"checkpoint": info["path"], "source": info["source"], "iteration": info.get("iteration"),
@@ -236,13 +237,14 @@ def _checkpoint_figures(args, images, dist: ClassDistribution, report: dict, mod
         arrays.update({f"mean_{k}": v for k, v in means.items()})
         path = os.path.join(args.out, FIG7)
         shown = {"L5": means["L5"]} if "L5" in means else means
-        attention_distribution_figure(dist, shown, path, title=(
-            f"Height-wise class distribution vs HANet attention (mean over {n} images)"
-            + ("" if "L5" in means else "; no L5 in this network: its channels are features, not classes")))
+        with _io.atomic_path(path) as tmp:
+            attention_distribution_figure(dist, shown, tmp, title=(
+                f"Height-wise class distribution vs HANet attention (mean over {n} images)"
+                + ("" if "L5" in means else "; no L5 in this network: its channels are features, not classes")))
         written.append(path)
         report["attention"]["mean_over_images"] = n
     path = os.path.join(args.out, ATTENTION_NPZ)
-    np.savez_compressed(path, **arrays)
+    _io.save_npz(path, **arrays)
     written.append(path)
     return written
 
@@ -262,7 +264,6 @@ def main(argv: list[str] | None = None) -> dict:
                       protected=[f for f in protected if f])
         # Before the statistics: a bad checkpoint is reported at once, not after all of them.
         network = _load_checkpoint(args, images) if args.checkpoint else None
-        os.makedirs(args.out, exist_ok=True)
         classes = getattr(labels, "labels", CITYSCAPES_LABELS)  # a folder of label maps: Cityscapes trainIds
         dist = class_statistics(labels, args.limit, args.bins, not args.no_progress, classes.num_classes)
         if getattr(labels, "non_train_pixels", 0):
@@ -273,17 +274,18 @@ def main(argv: list[str] | None = None) -> dict:
         name = args.dataset + (f" {args.split}" if args.dataset != "folder" else f" {args.data_root}")
         text = f"Table 1 ({name}): probabilities (%) of pixels per class given the region\n\n{table}\n"
         print(text)
-        with open(os.path.join(args.out, TABLE1), "w") as f:
-            f.write(text)
-        report = {"dataset": args.dataset, "split": args.split, "data_root": args.data_root, **dist.to_dict(classes.class_names)}
+        _io.write_text(os.path.join(args.out, TABLE1), text)
+        report = {"dataset": args.dataset, "split": args.split, "data_root": args.data_root,
+                  **dist.to_dict(classes.class_names)}
         written = [os.path.join(args.out, TABLE1)]
-        class_distribution_figure(dist, os.path.join(args.out, FIG1), classes.class_names, palette=classes.palette)
-        height_width_figure(dist, os.path.join(args.out, FIG10))
+        with _io.atomic_path(os.path.join(args.out, FIG1)) as tmp:
+            class_distribution_figure(dist, tmp, classes.class_names, palette=classes.palette)
+        with _io.atomic_path(os.path.join(args.out, FIG10)) as tmp:
+            height_width_figure(dist, tmp)
         written += [os.path.join(args.out, FIG1), os.path.join(args.out, FIG10)]
         if network is not None:
             written += _checkpoint_figures(args, images, dist, report, *network)
-        with open(os.path.join(args.out, STATISTICS), "w") as f:
-            json.dump(report, f)
+        _io.write_json(os.path.join(args.out, STATISTICS), report)
         written.append(os.path.join(args.out, STATISTICS))
     except (DatasetError, OSError, ValueError, RuntimeError) as e:
         error_exit(p, e)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -45,11 +44,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from hanet_fast._cli import (add_compile_arg, add_run_checkpoint_arg, check_outputs, compile_model, error_exit,
-                             image_size, parse_args, resolve_device, run_checkpoint, same_size_batches, scales_arg,
-                             size_arg)
+from hanet_fast import _io
+from hanet_fast._cli import (add_compile_arg, add_run_checkpoint_arg, check_outputs, checkpoint_files, compile_model,
+                             error_exit, image_size, interrupted, parse_args, resolve_device, run_checkpoint,
+                             same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import (BDD100K, CLASS_NAMES, DATASETS, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
                              SyntheticUrbanScenes, build_dataset, labels_for)
 from hanet_fast.data.labels import train_to_label_lut
@@ -240,7 +239,6 @@ class _LabelIdWriter:
     :func:`accumulate_confusion`); remembers the files and, for Cityscapes, their ground truth."""
 
     def __init__(self, folder: str, dataset, fallback_prefix: str) -> None:
-        os.makedirs(folder, exist_ok=True)
         self.folder, self.dataset, self.fallback_prefix = folder, dataset, fallback_prefix
         self.lut = train_to_label_lut()
         self.written: list[str] = []
@@ -251,7 +249,7 @@ class _LabelIdWriter:
         for k, index in enumerate(batch["index"].tolist()):
             name = prediction_filename(paths[k] if paths else None, f"{self.fallback_prefix}_{index:06d}")
             path = os.path.join(self.folder, name)
-            Image.fromarray(self.lut[pred[k].numpy().astype(np.uint8)]).save(path)
+            _io.save_image(self.lut[pred[k].numpy().astype(np.uint8)], path)  # replaces a link, never follows it
             self.written.append(path)
             if isinstance(self.dataset, Cityscapes):
                 self.ground_truth.append(self.dataset.pairs[index][1])
@@ -283,7 +281,7 @@ def _check_labelid_files(args: argparse.Namespace, dataset, n: int) -> None:
     files = [os.path.join(args.save_labelids, prediction_filename(pairs[i][0] if pairs else None, owners[i]))
              for i in range(n)]
     check_outputs(files, flag="--save-labelids", overwrite=args.overwrite, protected=_dataset_folders(dataset),
-                  owners=owners)
+                  inputs=checkpoint_files(args.checkpoint), owners=owners)
 
 
 def _dataset_folders(dataset) -> set[str]:
@@ -309,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(parser, args)
     except (DatasetError, OSError, ValueError) as e:
         error_exit(parser, e)
+    except KeyboardInterrupt:
+        interrupted(parser, "nothing was scored" + (f"; --json {args.json} was not written" if args.json else ""))
 
 
 def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, seconds: float) -> dict:
@@ -355,8 +355,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The evaluation of :func:`main`; every output path is checked before the model runs."""
     device = resolve_device(args.device)
     if args.json:
-        # Checked now, not after the whole evaluation.
-        check_outputs([args.json], flag="--json", overwrite=args.overwrite)
+        # Checked now, not after the whole evaluation (and again below, against the data set's files).
+        check_outputs([args.json], flag="--json", overwrite=args.overwrite, inputs=checkpoint_files(args.checkpoint))
     args.checkpoint = run_checkpoint(args.checkpoint, args.run_checkpoint)
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
     if args.compile:
@@ -367,6 +367,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                      f"network's predictions have none")
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)
+    if args.json:
+        check_outputs([args.json], flag="--json", overwrite=args.overwrite, protected=_dataset_folders(dataset))
     if args.save_labelids is not None:
         _check_labelid_files(args, dataset, n)
     batch_size = args.batch_size or (8 if args.dataset == "synthetic" else 1)
@@ -403,9 +405,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             result["official"] = _compare_official(writer, ious, miou)
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        _io.write_json(args.json, result, indent=1)
     return 1 if args.official and not result["official"]["agree"] else 0
 
 

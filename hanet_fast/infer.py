@@ -17,12 +17,17 @@ stem (``a_png_pred.png``, ``a_jpg_pred.png``). Names that still clash, compared 
 as some file systems do (``a.png`` and ``a.PNG``; ``b.jpg`` next to ``b_jpg.png``), are numbered
 in input order (``a_png``, ``a_png_2``): every image gets its own files.
 
+Folders are searched recursively, following links to folders (each real folder once, so a link
+loop ends). Images are read as a viewer shows them: a photo's EXIF Orientation tag is applied
+(a phone photo stored sideways is segmented upright, and its outputs are upright).
+
 Safety: nothing is written before every output name is known. The run refuses to write onto
 one of its inputs (even with ``--overwrite``) and to replace files left by an earlier run
 unless ``--overwrite`` is given. ``--out`` may be the input folder (outputs next to the
 images) or lie above or inside it: a folder search skips the files under ``--out`` whose names
 end like this tool's outputs (``*_pred.png``, ``*_overlay.png``, ...), so a second run does not
-segment the first run's outputs; name such a file explicitly to segment it.
+segment the first run's outputs; name such a file explicitly to segment it. Every file is written
+atomically (:mod:`hanet_fast._io`): an output path that is a link is replaced, never followed.
 
 Batches: ``--batch-size`` images of the same size go through the network together; images of
 different sizes are never padded into one batch, because HANet's width-wise pooling would
@@ -44,15 +49,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hanet_fast._cli import (HelpFormatter, add_compile_arg, add_run_checkpoint_arg, check_outputs, compile_model,
-                             default_out, error_exit, image_size, parse_args, resolve_device, run_checkpoint,
-                             same_size_batches, scales_arg, size_arg)
+from hanet_fast import _io
+from hanet_fast._cli import (MAX_SCALE, MAX_THREADS, WARN_WINDOWS, HelpFormatter, add_compile_arg,
+                             add_run_checkpoint_arg, check_outputs, check_workload, checkpoint_files, compile_model,
+                             default_out, error_exit, image_size, interrupted, parse_args, resolve_device,
+                             run_checkpoint, same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.data.labels import NUM_CLASSES, labels_for, train_to_label_lut
 from hanet_fast.data.transforms import normalize_image, resize_image
-from hanet_fast.inference import amp_context, load_model, predict
-from hanet_fast.training.visualize import attention_figure, overlay, save_png
+from hanet_fast.inference import MAX_PIXELS, MAX_WINDOWS, amp_context, load_model, predict
+from hanet_fast.training.visualize import attention_figure, overlay, pyplot
 
 __all__ = ["build_parser", "main", "find_images", "output_stems", "OUTPUT_SUFFIXES"]
 
@@ -84,8 +91,7 @@ def find_images(inputs: list[str], exclude: str | None = None, skipped: list[str
     for item in inputs:
         if os.path.isdir(item):
             images = []
-            for path in sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                               if f.lower().endswith(IMAGE_EXTENSIONS)):
+            for path in sorted(p for p in _walk_files(item) if p.lower().endswith(IMAGE_EXTENSIONS)):
                 if earlier_output(path):
                     if skipped is not None:
                         skipped.append(path)
@@ -106,6 +112,22 @@ def find_images(inputs: list[str], exclude: str | None = None, skipped: list[str
     if not unique:
         raise ValueError("no images given")
     return unique
+
+
+def _walk_files(folder: str) -> list[str]:
+    """Every file under ``folder``, following links to folders (a photo folder linked into the
+    input folder is part of it) but entering each real folder once (a link loop, or a link to a
+    folder already searched, adds nothing)."""
+    seen: set[str] = set()
+    files = []
+    for d, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files += [os.path.join(d, f) for f in names]
+    return files
 
 
 def output_stems(paths: list[str]) -> list[str]:
@@ -165,16 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=size_arg, metavar="HxW", default=None,
                    help="resize every image to HxW for the network (outputs keep each image's size; default: "
                         "each image as it is)")
-    p.add_argument("--scales", type=scales_arg, default="1", help="comma-separated test scales, e.g. 0.75,1,1.25")
+    p.add_argument("--scales", type=scales_arg, default="1",
+                   help=f"comma-separated test scales, e.g. 0.75,1,1.25 (each at most {MAX_SCALE:g}; a scaled image "
+                        f"of more than {MAX_PIXELS} pixels is refused)")
     p.add_argument("--flip", action="store_true", help="also average the horizontally flipped prediction")
     p.add_argument("--window", type=size_arg, metavar="HxW", default=None,
-                   help="sliding-window inference with HxW windows (default: the whole image at once)")
+                   help=f"sliding-window inference with HxW windows (default: the whole image at once); more than "
+                        f"{WARN_WINDOWS} windows per image are announced, more than {MAX_WINDOWS} refused")
     p.add_argument("--overlap", type=float, default=None,
                    help="with --window: fraction of a window shared by neighbouring windows, in [0, 1) (default: 1/3)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="autocast dtype on the device")
     add_compile_arg(p)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help=f"torch CPU threads (0: torch's default; at most {MAX_THREADS})")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -201,7 +226,7 @@ def _normalise(image: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
 
 def _batches(paths: list[str], size: tuple[int, int] | None, batch_size: int) -> list[list[int]]:
     """Indices of ``paths`` in batches of at most ``batch_size`` same-size images."""
-    return same_size_batches([tuple(size) if size else image_size(path) for path in paths], batch_size)
+    return same_size_batches([tuple(size) if size else image_size(path, oriented=True) for path in paths], batch_size)
 
 
 def _output_suffixes(args: argparse.Namespace) -> list[str]:
@@ -225,8 +250,11 @@ def main(argv: list[str] | None = None) -> list[str]:
         stems = output_stems(paths)
         suffixes = _output_suffixes(args)
         check_outputs([os.path.join(args.out, stem + end) for stem in stems for end in suffixes], flag="--out",
-                      overwrite=args.overwrite, inputs=paths, owners=[path for path in paths for _ in suffixes])
+                      overwrite=args.overwrite, inputs=paths + checkpoint_files(args.checkpoint),
+                      owners=[path for path in paths for _ in suffixes])
         batches = _batches(paths, args.size, args.batch_size)
+        sizes = {tuple(args.size) if args.size else image_size(paths[batch[0]], oriented=True) for batch in batches}
+        check_workload(sizes, args.scales, args.window, args.overlap)
         model, info = load_model(run_checkpoint(args.checkpoint, args.run_checkpoint), device=device)
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
@@ -240,7 +268,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:
             for batch in batches:
-                originals = [read_image(paths[i]) for i in batch]
+                originals = [read_image(paths[i], oriented=True) for i in batch]
                 images = torch.stack([_normalise(im, args.size) for im in originals]).to(device)
                 probs = predict(model, images, scales=args.scales, flip=args.flip, window=args.window,
                                 overlap=args.overlap, amp=args.amp)
@@ -252,6 +280,8 @@ def main(argv: list[str] | None = None) -> list[str]:
                 progress.update(len(batch))
     except (DatasetError, OSError, ValueError) as e:
         error_exit(p, f"{e} ({written} prediction(s) were written to {args.out} before this error)" if written else e)
+    except KeyboardInterrupt:
+        interrupted(p, f"{written} prediction(s) were written to {args.out}")
     print(f"wrote {written} prediction(s) ({written * len(suffixes)} files) to {args.out}")
     return stems
 
@@ -262,16 +292,18 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
     if prob.shape[2:] != original.shape[:2]:
         prob = F.interpolate(prob, size=original.shape[:2], mode="bilinear", align_corners=False)
     pred = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
-    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    save_png(args.labels.colorize(pred), base + PRED)
-    save_png(overlay(original, pred, args.alpha, args.labels), base + OVERLAY)
+    # check_outputs has allowed these files (absent, or --overwrite): the writer replaces, never follows.
+    _io.save_image(args.labels.colorize(pred), base + PRED)
+    _io.save_image(overlay(original, pred, args.alpha, args.labels), base + OVERLAY)
     if args.save_trainids:
-        save_png(pred, base + TRAINIDS)
+        _io.save_image(pred, base + TRAINIDS)
     if to_label is not None:
-        save_png(to_label[pred], base + LABELIDS)
+        _io.save_image(to_label[pred], base + LABELIDS)
     if attention is not None:
-        np.savez_compressed(base + ATTENTION_NPZ, **attention)
-        attention_figure(original, attention, base + ATTENTION_PNG, title=os.path.basename(path))
+        _io.save_npz(base + ATTENTION_NPZ, **attention)
+        if pyplot() is not None:  # else attention_figure writes nothing
+            with _io.atomic_path(base + ATTENTION_PNG) as tmp:
+                attention_figure(original, attention, tmp, title=os.path.basename(path))
 
 
 @torch.no_grad()

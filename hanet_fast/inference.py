@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -32,9 +33,29 @@ from hanet_fast.models import (DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, O
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.nn.positional import full_image_row_pos
 
-__all__ = ["AMP_MODES", "CheckpointError", "load_model", "predict", "resample_row_pos", "window_starts"]
+__all__ = ["AMP_MODES", "CheckpointError", "WorkloadError", "load_model", "predict", "resample_row_pos",
+           "window_starts", "scaled_size", "check_workload", "MAX_PIXELS", "MAX_WINDOWS", "MAX_CLASSES"]
 
 AMP_MODES = ("off", "bf16", "fp16")
+
+#: The largest image (in pixels, after scaling) the network is run on: 2^25, e.g. 4096 x 8192 (a
+#: 1024 x 2048 Cityscapes image at scale 4). Its stride-4 decoder features (304 channels) stay
+#: below 2^31 elements; larger inputs take minutes and tens of GB, or overflow int32 indexing.
+MAX_PIXELS = 2 ** 25
+#: The most sliding windows per image and scale: 64 x 64. A 1024 x 2048 image at the official
+#: 768-pixel crops with 1/3 overlap takes 3 x 4.
+MAX_WINDOWS = 4096
+#: The most classes a checkpoint's network may have: predictions are written as 8-bit maps.
+MAX_CLASSES = 256
+
+
+class WorkloadError(ValueError):
+    """Test-time settings that would run the network on too large an image or too many windows;
+    ``argument`` names the setting to change (``"scales"`` or ``"window"``)."""
+
+    def __init__(self, message: str, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
 
 
 class CheckpointError(ValueError):
@@ -78,10 +99,42 @@ def _read_checkpoint(path: str) -> object | None:
 
 
 def _config_from_dict(cfg: dict) -> DeepLabConfig:
-    """A :class:`DeepLabConfig` from its ``dataclasses.asdict`` form (as checkpoints store it)."""
+    """A :class:`DeepLabConfig` from its ``dataclasses.asdict`` form (as checkpoints store it);
+    ValueError for a number of classes outside ``1..MAX_CLASSES`` (before any weight is allocated)."""
     hanet = tuple(None if h is None else HANetConfig(**h) for h in cfg["hanet"])
+    classes = cfg["num_classes"]
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be an int in [1, {MAX_CLASSES}], got {classes!r}")
     return DeepLabConfig(backbone=cfg["backbone"], output_stride=int(cfg["output_stride"]),
-                         num_classes=int(cfg["num_classes"]), hanet=hanet, aux=bool(cfg["aux"]))
+                         num_classes=classes, hanet=hanet, aux=bool(cfg["aux"]))
+
+
+def _check_iteration(iteration: object, path: str) -> None:
+    if iteration is not None and (isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0):
+        raise CheckpointError(f"hanet_fast.inference: the checkpoint {path} has an invalid iteration {iteration!r} "
+                              f"(a count of training steps, >= 0)")
+
+
+def _warn_non_finite(model: torch.nn.Module, path: str) -> None:
+    """Warn, naming them, about weights or buffers holding NaN or Inf: such a network's outputs are
+    meaningless, and a score or prediction made with it must not pass unremarked."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"hanet_fast.inference: the checkpoint {path} holds NaN or Inf in {len(bad)} tensor(s) "
+                      f"({shown}): its outputs are meaningless", stacklevel=3)
+
+
+def _runs_inside(folder: str | os.PathLike) -> str:
+    """For a folder of run folders (``runs``) given as a checkpoint: "; run folders in it: ..."."""
+    if not os.path.isdir(folder):
+        return ""
+    runs = sorted(e.path for e in os.scandir(folder) if os.path.isfile(os.path.join(e.path, "checkpoint.pt")))
+    if not runs:
+        return ""
+    shown = ", ".join(runs[-3:])
+    return (f"; {folder} holds {len(runs)} run folder(s), give one of them, e.g. {shown}"
+            + (" (the last 3 by name)" if len(runs) > 3 else ""))
 
 
 def _is_ours(obj: object) -> bool:
@@ -124,14 +177,15 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoint.pt")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"hanet_fast.inference: checkpoint not found: {path}")
+        raise FileNotFoundError(f"hanet_fast.inference: checkpoint not found: {path}{_runs_inside(checkpoint)}")
     obj = _read_checkpoint(path)
     if obj is not None and _is_ours(obj):
         try:
             config = _config_from_dict(obj["model_config"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"hanet_fast.inference: the checkpoint {path} has an invalid model_config "
                                   f"({_one_line(err)})") from err
+        _check_iteration(obj.get("iteration"), path)
         if backbone is not None and backbone != config.backbone:
             raise ValueError(f"hanet_fast.inference: backbone={backbone!r} but the checkpoint {path} was trained "
                              f"with {config.backbone!r}; leave backbone out for our checkpoints")
@@ -148,10 +202,10 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
     else:
         try:
             model = load_official_checkpoint(path if obj is None else obj, backbone=backbone,
-                                             output_stride=output_stride)
+                                             output_stride=output_stride, name=path)
         except OfficialCheckpointError as err:
-            if obj is None:
-                raise  # it names the file
+            if obj is None or (isinstance(obj, dict) and "state_dict" in obj):
+                raise  # an official checkpoint that cannot be used: the error names the file and the reason
             # It was given the loaded object: say which file held it.
             raise OfficialCheckpointError(f"hanet_fast.inference: {path} is not a checkpoint of hanet_fast.train, nor "
                                           f"an official HANet one: {str(err).removeprefix('hanet_fast.models: ')}"
@@ -161,6 +215,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
                                   f"({_one_line(err)})") from err
         info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path,
                 "labels": None}
+    _warn_non_finite(model, path)
     return model.to(device).eval(), info
 
 
@@ -197,6 +252,38 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
     return starts
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size :func:`predict` runs an ``height x width`` image at for ``scale`` (at least 1 x 1)."""
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def check_workload(size: tuple[int, int], scales: Sequence[float], window: tuple[int, int] | None,
+                   overlap: float) -> int:
+    """Refuse settings under which :func:`predict` would run an image of ``size`` at more than
+    :data:`MAX_PIXELS` pixels, or cut it into more than :data:`MAX_WINDOWS` windows at one scale.
+    Returns the most windows at one scale (1 without ``window``): each is a pass of the network.
+
+    Raises:
+        WorkloadError: naming the scale or window, the image size and the limit.
+    """
+    h, w = size
+    most = 1
+    for s in scales:
+        # in floats first: a huge scale must not build a huge int (or overflow one)
+        if float(h) * s * float(w) * s > 2 * MAX_PIXELS or math.prod(scaled_size(h, w, s)) > MAX_PIXELS:
+            raise WorkloadError(f"scale {s:g} makes the {h}x{w} image about {h * s:.4g}x{w * s:.4g} pixels, more "
+                                f"than the {MAX_PIXELS} (2^25) the network is run on; use smaller scales", "scales")
+        sh, sw = scaled_size(h, w, s)
+        if window is not None:
+            n = len(window_starts(sh, window[0], overlap)) * len(window_starts(sw, window[1], overlap))
+            if n > MAX_WINDOWS:
+                raise WorkloadError(f"{window[0]}x{window[1]} windows with overlap {overlap:g} cut the {h}x{w} image "
+                                    f"at scale {s:g} into {n} windows, more than {MAX_WINDOWS}; use larger windows "
+                                    f"or less overlap", "window")
+            most = max(most, n)
+    return most
+
+
 def _check_predict_args(images, row_pos, scales, window, overlap, amp) -> tuple[tuple[float, ...], tuple[int, int] | None]:
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -227,6 +314,7 @@ def _check_predict_args(images, row_pos, scales, window, overlap, amp) -> tuple[
         raise ValueError(f"hanet_fast.inference: overlap must be a number in [0, 1), got {overlap!r}")
     if amp not in AMP_MODES:
         raise ValueError(f"hanet_fast.inference: amp must be one of {AMP_MODES}, got {amp!r}")
+    check_workload(tuple(images.shape[2:]), scales, window, overlap)
     return scales, window
 
 
@@ -300,7 +388,7 @@ def predict(model, images: torch.Tensor, row_pos: torch.Tensor | None = None, *,
     total = None
     views = 0
     for s in scales:
-        sh, sw = max(1, int(round(h * s))), max(1, int(round(w * s)))
+        sh, sw = scaled_size(h, w, s)
         x = images if (sh, sw) == (h, w) else F.interpolate(images, size=(sh, sw), mode="bilinear", align_corners=False)
         pos = resample_row_pos(row_pos, sh)
         for flipped in (False, True) if flip else (False,):

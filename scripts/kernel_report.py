@@ -497,7 +497,7 @@ ISSUE_PER_SM_PER_S = 4 * 1.98e9
 
 def narrow_hot_loops(cuda: dict, launches: list[dict], sms: int) -> list[str]:
     """Markdown rows of the launches at the benchmark shapes whose kernel streams a whole tensor
-    (an ``_nchw`` / ``_nhwc`` kernel) with hot-loop accesses narrower than 128 bits, and what that
+    (an ``_nchw`` / ``_nhwc`` kernel) with hot-loop accesses to it narrower than 128 bits, and what that
     is expected to cost: the hot loop's issue time (its warp-instructions over the SMs' issue
     rate) against the time its tensors take through DRAM, the larger being about the kernel's."""
     rows = []
@@ -507,10 +507,12 @@ def narrow_hot_loops(cuda: dict, launches: list[dict], sms: int) -> list[str]:
         if not k or not re.search(r"_(nchw|nhwc)_kernel$", family):
             continue
         loop = k["loop"]
-        if all(w >= 128 for w in (*loop.loads, *loop.stores)):
+        streams_in, streams_out = CUDA_STREAMS[family]
+        # The streamed tensors' accesses: a write-only kernel's loads read small inputs (bins).
+        if all(w >= 128 for w in (*(loop.loads if streams_in else ()), *(loop.stores if streams_out else ()))):
             continue
         elements = math.prod(l["shape"][:4])
-        memory_us = elements * ELEMENT_BYTES[l["dtype"]] * sum(CUDA_STREAMS[family]) / DRAM_BYTES_PER_S * 1e6
+        memory_us = elements * ELEMENT_BYTES[l["dtype"]] * (streams_in + streams_out) / DRAM_BYTES_PER_S * 1e6
         issue_us = elements * loop.per_element / 32 / (ISSUE_PER_SM_PER_S * sms) * 1e6
         rows.append("| " + " | ".join([l["case"], l["op"], l["dtype"], l["format"], k["short"], widths(loop.loads),
                                        widths(loop.stores), f"{loop.per_element / 32:.3f}", f"{memory_us:.1f}",

@@ -46,7 +46,21 @@ def smoke(tmp_path_factory) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## train-step" in proc.stdout  # the markdown report also goes to stdout
+    with open(out + ".stderr", "w") as f:  # the progress, for test_smoke_reports_progress_at_every_stage
+        f.write(proc.stderr)
     return out
+
+
+def test_smoke_reports_progress_at_every_stage(smoke):
+    """A smoke run is never silent for long: each model variant's first call (torch.compile's can
+    take minutes) is announced as it starts and timed as it ends."""
+    with open(smoke + ".stderr") as f:
+        err = f.read()
+    for suite_case in ("MNv2 OS16 fp32",):
+        assert f"{suite_case}: building the variants" in err and f"{suite_case}: timing" in err
+        for variant in ("none", "fused", "reference", "compile"):
+            assert f"{suite_case} {variant}: first call" in err
+            assert f"{suite_case} {variant}: first call done in" in err
 
 
 def test_smoke_run_writes_every_file(smoke):

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from hanet_fast.export import export_onnx, export_pt2, main
+from hanet_fast.export import dynamic_size_range, export_onnx, export_program, export_pt2, main
 from hanet_fast.models import HANetConfig, deeplabv3plus
 from hanet_fast.ops import decompose, reference
 from tiny_model import save_tiny_checkpoint
@@ -95,6 +95,60 @@ def test_onnx_dynamic_matches_pytorch_at_other_sizes(backbone, tmp_path):
         _check_onnx(path, model, torch.randn(batch, 3, *size))
 
 
+def _rows16_model() -> torch.nn.Module:
+    """16 attention rows (the default): heights such as 216 or 723 are not multiples of them."""
+    torch.manual_seed(0)
+    model = deeplabv3plus("mobilenet_v2", output_stride=16, num_classes=19, hanet_layers=(1, 1, 1, 1, 1), aux=False)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    return model.eval()
+
+
+def _assert_matches_default_path(got: torch.Tensor, model, images: torch.Tensor, rel_tol: float) -> None:
+    """``got`` equals ``model(images)``, the default (no row_pos) path, to ``rel_tol`` of its largest logit."""
+    with torch.no_grad():
+        want = model(images).logits
+    assert got.shape == want.shape
+    rel = float((got - want).abs().max() / want.abs().max())
+    assert rel <= rel_tol, (tuple(images.shape), rel)
+
+
+@pytest.mark.slow
+def test_exported_graphs_equal_the_default_path_below_and_above_the_traced_size(tmp_path):
+    """--dynamic graphs serve the range they state (H, W >= 17 for MobileNetV2 OS 16), below and
+    above the traced 64x96, at heights that are not multiples of the 16 rows, and equal model(x);
+    pt2 refuses a size below the range; a fixed-size export equals model(x) too."""
+    model = _rows16_model()
+    program = export_program(model, (64, 96), dynamic=True)
+    assert dynamic_size_range(program) == {"height": (17, None), "width": (17, None)}
+    onnx_path = export_onnx(model, tmp_path / "dynamic.onnx", (64, 96), dynamic=True)
+    props = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    assert props["hanet_fast.min_height"] == "17" and props["hanet_fast.min_width"] == "17"
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    torch.manual_seed(1)
+    for batch, size in ((1, (17, 17)), (2, (216, 40)), (1, (250, 33)), (1, (723, 24))):
+        images = torch.randn(batch, 3, *size)
+        (got,) = session.run(None, {"images": images.numpy()})
+        _assert_matches_default_path(torch.from_numpy(got), model, images, REL_TOL)
+        _assert_matches_default_path(program.module()(images), model, images, 1e-5)
+    with pytest.raises(Exception, match="images.size"):  # torch.export's guard names the input dimension
+        program.module()(torch.randn(1, 3, 16, 40))
+    fixed = export_onnx(model, tmp_path / "fixed.onnx", (216, 40))
+    images = torch.randn(1, 3, 216, 40)
+    (got,) = ort.InferenceSession(fixed, providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
+    _assert_matches_default_path(torch.from_numpy(got), model, images, REL_TOL)
+
+
+def test_dynamic_export_refuses_a_size_too_small_to_trace_and_sizes_are_bounded():
+    model = _rows16_model()
+    # traced at 16x16 the graph would serve 9..16 rows only (one-row feature maps at stride 16)
+    with pytest.raises(ValueError, match=r"--size 16x16 is too small .* H in \[9, 16\].* --size 17x17"):
+        export_program(model, (16, 16), dynamic=True)
+    with pytest.raises(ValueError, match="at most 8192 per side"):
+        export_program(model, (99999, 99999))
+
+
 # Loads pt2 files where ``import hanet_fast`` fails: runs the first and compares with saved
 # logits; the second (holding hanet_fast:: ops) must fail to load (torch's warnings name the op).
 _LOAD_WITHOUT_HANET_FAST = textwrap.dedent("""
@@ -156,11 +210,26 @@ def test_cli_exports_a_run_and_refuses_to_overwrite(tmp_path, capsys):
     assert exc.value.code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_cli_dynamic_states_its_range_and_refuses_too_small_a_trace(tmp_path, capsys):
+    save_tiny_checkpoint(tmp_path / "checkpoint.pt")
+    out = tmp_path / "small.pt2"
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path), "--format", "pt2", "--size", "16x16", "--dynamic", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "--size 17x17" in err and not out.exists(), err
+    main(["--checkpoint", str(tmp_path), "--format", "pt2", "--size", "17x17", "--dynamic", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "H >= 17, W >= 17 (the program refuses other sizes)" in err and "(any)" not in err, err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--format", "onnx", "--size", "0x4"], "--size"),
     (["--format", "tflite", "--size", "64x64"], "--format"),
     (["--format", "onnx", "--size", "64x64", "--pt2-ops", "fused"], "--pt2-ops"),
     (["--format", "pt2", "--size", "64x64", "--dynamic", "--batch", "2"], "--batch"),
+    (["--format", "onnx", "--size", "99999x99999"], "--size 99999x99999: at most 8192"),
+    (["--format", "pt2", "--size", "99999x99999", "--dynamic"], "--size 99999x99999: at most 8192"),
 ])
 def test_cli_bad_arguments_exit_2_naming_the_flag(tmp_path, argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -102,11 +102,12 @@ def test_narrow_hot_loops_are_listed_with_their_expected_cost():
 
     cuda = {"wide": kernel("gate::forward_nhwc_kernel<f32,f32,i32,4>", {128: 4}, {128: 4}, 2.0),
             "narrow": kernel("gate::forward_nhwc_kernel<f32,f32,i32,1>", {32: 4}, {32: 4}, 128.0),
-            "small": kernel("gate::attn_grad_kernel<f32,f32>", {32: 16}, {}, 4.0)}
+            "small": kernel("gate::attn_grad_kernel<f32,f32>", {32: 16}, {}, 4.0),
+            "bins": kernel("pool::max_gather_nhwc_kernel<f32,f32,i32,4>", {64: 2, 32: 2}, {128: 1}, 9.0)}
     shape = (4, 19, 192, 192, 16)
     launches = [dict(case="L5", op="gate_fwd", dtype="float32", format="channels_last", kernel=name, shape=shape)
                 for name in cuda]
-    (row,) = kernel_report.narrow_hot_loops(cuda, launches, sms=132)  # not the wide one, nor a small input's loop
+    (row,) = kernel_report.narrow_hot_loops(cuda, launches, sms=132)  # not the wide ones, nor a small input's loop
     cells = [c.strip() for c in row.strip("|").split("|")]
     elements = 4 * 19 * 192 * 192
     dram_us = elements * 4 * 2 / kernel_report.DRAM_BYTES_PER_S * 1e6  # x read, y written

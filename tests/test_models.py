@@ -543,6 +543,21 @@ def test_no_row_pos_is_exactly_the_full_image_positions_at_every_height(output_s
             assert torch.equal(model(images).logits, model(images, _row_pos(1, height)).logits), height
 
 
+def test_predict_and_the_data_pipeline_use_the_same_full_image_positions():
+    """predict without row_pos (infer) is model(x) (at 216 rows, not a multiple of 16), and the
+    data sets' numpy positions (evaluate) are the same float32 values as the model's default."""
+    from hanet_fast.data import full_row_pos
+    from hanet_fast.inference import predict
+    from hanet_fast.nn import full_image_row_pos
+
+    for height in (1, 7, 200, 216, 250, 375, 723, 1024, 4097):
+        assert torch.equal(torch.from_numpy(full_row_pos(height)), full_image_row_pos(1, height)[0]), height
+    model = _small(hanet_layers=(1, 1, 1, 1, 1)).eval()
+    images = torch.randn(1, 3, 216, 24)
+    with torch.no_grad():
+        assert torch.equal(predict(model, images), model(images).logits.softmax(1))
+
+
 def test_no_row_pos_matches_the_official_network_on_full_images_of_any_height():
     """216 rows (not a multiple of 16): the default path equals the official network fed the
     full-image position maps (issue 21: it differed by 13.9 % with coarse row j at position j)."""

@@ -155,6 +155,24 @@ def test_averaging_over_flips_then_scales():
     assert len(stub.calls) == 36
 
 
+def test_sliding_rescales_the_image_with_pils_bilinear_filter():
+    """eval.py resizes the uint8 image bilinearly before segmenting it: a stub whose logits are the
+    pixels, at scale 0.75, sees exactly PIL's bilinear result (issue 21 item 5: bicubic must fail)."""
+    from PIL import Image
+
+    image = _image(24, 48, seed=5)
+    stub = _Stub(lambda x: x[:, :2] * 3)  # two classes from the red and green channels
+    scores = sliding_scores(stub, image, crop_size=64, scales=(0.75,), flip=False)
+    seen = {}
+    for name, resample in (("bilinear", Image.Resampling.BILINEAR), ("bicubic", Image.Resampling.BICUBIC)):
+        scaled = np.asarray(Image.fromarray(image).resize((36, 18), resample))
+        whole = sliding_scores(_Stub(lambda x: x[:, :2] * 3), scaled, crop_size=64, scales=(1.0,), flip=False)
+        seen[name] = F.interpolate(whole[None], size=(24, 48), mode="bilinear", align_corners=False)[0]
+    assert stub.calls[0][0] == (1, 3, 18, 36)
+    assert torch.allclose(scores, seen["bilinear"], rtol=0, atol=1e-12)
+    assert (scores - seen["bicubic"]).abs().max() > 1e-3
+
+
 def test_sliding_refuses_images_where_eval_py_divides_by_zero():
     # A portrait image: rows >= its width are never counted.
     with pytest.raises(ProtocolError, match="count array is zero"):

@@ -60,7 +60,7 @@ def test_best_pt_holds_the_best_validation_and_a_resume_keeps_it(tmp_path, monke
     assert metrics["best"] == {"iteration": 4, "mIoU": 0.5}
     assert json.load(open(run / "metrics.json"))["best"] == {"iteration": 4, "mIoU": 0.5}
     # a run folder gives checkpoint.pt; --run-checkpoint best gives best.pt
-    assert run_checkpoint(str(run)) == str(run / "checkpoint.pt")
+    assert run_checkpoint(str(run)) == str(run)  # load_model reads its checkpoint.pt
     assert run_checkpoint(str(run), "best") == str(run / "best.pt")
     assert load_model(run_checkpoint(str(run), "best"))[1]["iteration"] == 4
     with pytest.raises(ValueError, match="--run-checkpoint best"):

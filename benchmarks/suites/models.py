@@ -295,6 +295,9 @@ def run_case(
     compile_backend: str = DEFAULT_COMPILE_BACKEND,
 ) -> list[dict]:
     """The rows of one case: build its variants, make the first calls, time them interleaved."""
+    # Progress on stderr at every stage: building (an ONNX export) and first calls (torch.compile)
+    # can each take minutes on a CPU.
+    log(f"    {case.name}: building the variants {', '.join(backends)}")
     inputs = make_inputs(case, device)
     models = build_variants(case, backends, device, compile_backend)
     steps = {name: make_step(case, model, inputs) for name, model in models.items()}
@@ -302,9 +305,12 @@ def run_case(
     first_s: dict[str, float] = {}
     for name, step in steps.items():
         torch.manual_seed(1)  # the same dropout / jitter draws in every HANet variant
+        log(f"    {case.name} {name}: first call" + (" (compiling)" if name == COMPILED else ""))
         t0 = time.perf_counter()
         first[name] = first_value(step)
         first_s[name] = time.perf_counter() - t0
+        log(f"    {case.name} {name}: first call done in {first_s[name]:.1f} s")
+    log(f"    {case.name}: timing {len(steps)} variants, {case.repeats} round(s)")
     times = time_interleaved(steps, case.repeats, case.warmup, device)
     peak = {name: peak_memory_mb(step, device) for name, step in steps.items()}
     rows = []

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from hanet_fast.data.labels import CITYSCAPES_LABELS, IGNORE_INDEX, NUM_CLASSES, LabelSet, label_to_train_lut
 from hanet_fast.data.synthetic import SPLIT_IDS, generate_scene
@@ -76,12 +76,14 @@ def _rgb8(im: Image.Image, path: str) -> Image.Image:
     return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
 
 
-def _read(path: str, mode: str, what: str) -> np.ndarray:
+def _read(path: str, mode: str, what: str, oriented: bool = False) -> np.ndarray:
     if not os.path.isfile(path):
         raise DatasetError(f"hanet_fast.data: {what} file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
+            if oriented:
+                im = ImageOps.exif_transpose(im)
             if mode == "RGB":
                 im = _rgb8(im, path)
             elif im.mode not in ("L", "P", "I", "I;16"):
@@ -94,9 +96,14 @@ def _read(path: str, mode: str, what: str) -> np.ndarray:
     return arr
 
 
-def read_image(path: str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB; :class:`DatasetError` naming the file if missing or corrupt."""
-    return _read(path, "RGB", "image")
+def read_image(path: str, *, oriented: bool = False) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB; :class:`DatasetError` naming the file if missing or corrupt.
+
+    ``oriented``: apply the file's EXIF Orientation tag (a phone photo stored sideways comes out
+    upright, as image viewers show it); for users' photos. Data set images are read as stored
+    (the default), as the official loaders read them: their label maps are aligned with the
+    stored pixels, and rotating only the image would misalign the two."""
+    return _read(path, "RGB", "image", oriented)
 
 
 def read_label(path: str) -> np.ndarray:

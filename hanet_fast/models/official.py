@@ -105,10 +105,12 @@ def _torch_load(path: str, map_location, weights_only: bool) -> object:
         ) from err
 
 
-def _open(checkpoint: str | os.PathLike | Mapping, map_location, weights_only: bool) -> tuple[object, str]:
-    """(the loaded object, how to name it in messages) of a file or an already loaded object."""
+def _open(checkpoint: str | os.PathLike | Mapping, map_location, weights_only: bool,
+          name: str | None = None) -> tuple[object, str]:
+    """(the loaded object, how to name it in messages) of a file or an already loaded object
+    (called ``name`` when given, e.g. the file it came from)."""
     if not isinstance(checkpoint, (str, os.PathLike)):
-        return checkpoint, "the checkpoint object"
+        return checkpoint, repr(name) if name else "the checkpoint object"
     path = os.fspath(checkpoint)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"hanet_fast.models: no checkpoint file at {path!r}")
@@ -133,8 +135,16 @@ def parse_official_command(command: str) -> dict[str, object]:
     of its snapshots): ``arch`` (str), ``hanet`` (5 ints), ``hanet_set`` (kernel size, r factor,
     number of convs), ``hanet_pos`` (injection, is_encoding), ``pos_rfactor`` (int),
     ``pooling`` (str), ``dropout``, ``pos_noise`` (float), ``aux_loss`` (bool). Flags absent
-    from the command are absent from the result."""
-    tokens = shlex.split(command)
+    from the command are absent from the result.
+
+    Raises:
+        OfficialCheckpointError: the command cannot be split into words (an unbalanced quote), or
+            one of those flags has a value of the wrong kind (named with the value)."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError as err:
+        raise OfficialCheckpointError(f"hanet_fast.models: the saved command line cannot be split into words "
+                                      f"({err}): {command[:120]!r}") from None
     out: dict[str, object] = {}
     lists = {"--hanet": "hanet", "--hanet_set": "hanet_set", "--hanet_pos": "hanet_pos"}
     scalars = {"--arch": ("arch", str), "--pos_rfactor": ("pos_rfactor", int), "--pooling": ("pooling", str),
@@ -151,7 +161,8 @@ def parse_official_command(command: str) -> dict[str, object]:
             try:
                 out[lists[flag]] = [int(v) for v in values]
             except ValueError:
-                pass
+                raise OfficialCheckpointError(f"hanet_fast.models: the saved command line's {flag} "
+                                              f"{' '.join(values)!r} is not a list of integers") from None
         elif flag in scalars:
             name, kind = scalars[flag]
             value = inline
@@ -161,7 +172,11 @@ def parse_official_command(command: str) -> dict[str, object]:
             try:
                 out[name] = kind(value)
             except ValueError:
-                pass
+                raise OfficialCheckpointError(f"hanet_fast.models: the saved command line's {flag} {value!r} is "
+                                              f"not a{'n integer' if kind is int else ' number'}") from None
+            if kind is float and not math.isfinite(out[name]):
+                raise OfficialCheckpointError(f"hanet_fast.models: the saved command line's {flag} {value!r} is "
+                                              f"not a finite number")
         elif flag == "--aux_loss":
             out["aux_loss"] = True
         i += 1
@@ -472,6 +487,7 @@ def load_official_checkpoint(
     hanet: HANetConfig | None = None,
     map_location: str | torch.device = "cpu",
     weights_only: bool = True,
+    name: str | None = None,
 ) -> DeepLabV3PlusHANet:
     """Build the hanet_fast network equivalent to an official HANet checkpoint and load it.
 
@@ -484,6 +500,7 @@ def load_official_checkpoint(
         map_location: passed to ``torch.load``.
         weights_only: ``torch.load``'s safe mode (numpy scalars, which official snapshots hold,
             are allowed); pass False only for files you trust.
+        name: what the errors call an already loaded ``checkpoint`` (e.g. the file it came from).
 
     Returns:
         The network in eval mode, on the CPU (unless ``map_location`` put the weights elsewhere
@@ -495,11 +512,16 @@ def load_official_checkpoint(
         OfficialCheckpointError: unreadable file, configuration that cannot be inferred, or
             keys / shapes that do not match (all of them are listed).
     """
-    obj, what = _open(checkpoint, map_location, weights_only)
+    obj, what = _open(checkpoint, map_location, weights_only, name)
     raw, command = _split_checkpoint(obj, what)
-    config = infer_official_config(
-        raw, command, backbone=backbone, output_stride=output_stride, num_classes=num_classes, hanet=hanet
-    )
+    try:
+        config = infer_official_config(
+            raw, command, backbone=backbone, output_stride=output_stride, num_classes=num_classes, hanet=hanet
+        )
+    except (OfficialCheckpointError, ValueError, TypeError) as err:
+        # Name the file, and say that it is the file's settings that are wrong.
+        text = str(err).removeprefix("hanet_fast.models: ")
+        raise OfficialCheckpointError(f"hanet_fast.models: {what}: {text}") from err
     state = convert_official_state_dict(raw)
     model = DeepLabV3PlusHANet.from_config(config)
     own = model.state_dict()
