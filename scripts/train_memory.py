@@ -9,7 +9,8 @@ step) on random images at the preset's per-process batch and crop; the figure is
 peak resident memory (``ru_maxrss``: Python, torch and the step). CPU-measured: on a GPU the
 same step also needs cuDNN workspaces and the CUDA context. A preset whose batch would not fit
 ``--limit-gib`` (extrapolated from a batch-2 step) is measured at the largest batch that fits,
-and the table says so.
+and the table says so; a step whose memory passes ``--limit-gib`` is stopped, never left to
+take the machine's memory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -65,23 +67,46 @@ def one_step(preset: str, batch: int, crop: tuple[int, int]) -> dict:
     return {"before": before, "peak": _rss_peak()}
 
 
-def _measure(preset: str, batch: int, crop: tuple[int, int], threads: int) -> dict:
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _measure(preset: str, batch: int, crop: tuple[int, int], threads: int, limit: float) -> dict | None:
+    """One step in a fresh process; None when its memory passed ``limit`` bytes (it is stopped
+    then, so that the machine's other work keeps its memory)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", preset, str(batch), f"{crop[0]}x{crop[1]}"],
-                         capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    if res.returncode != 0:
-        raise SystemExit(f"train_memory: {preset} at batch {batch}: {res.stderr.strip().splitlines()[-1:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one", preset, str(batch),
+                              f"{crop[0]}x{crop[1]}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, cwd=REPO_ROOT)
+    while child.poll() is None:
+        if _rss(child.pid) > limit:
+            child.kill()
+            child.communicate()
+            return None
+        time.sleep(0.1)
+    out, err = child.communicate()
+    if child.returncode != 0:
+        raise SystemExit(f"train_memory: {preset} at batch {batch}: {err.strip().splitlines()[-1:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def measure_preset(preset: str, batch: int, crop: tuple[int, int], limit: float, threads: int) -> dict:
     """The row of ``preset``: measured at ``batch`` if a batch-2 step extrapolates to fit ``limit``
     bytes, else at the largest batch (>= 2) that does."""
-    probe = _measure(preset, 2, crop, threads)
+    probe = _measure(preset, 2, crop, threads, limit)
+    if probe is None:
+        return {"preset": preset, "batch": batch, "measured_batch": 0, "crop": list(crop), "peak_gib": None,
+                "estimate_gib": None}
     per_image = max(probe["peak"] - probe["before"], 1) / 2
     fits = int((limit - probe["before"]) // per_image)
     measured = batch if batch <= fits else max(2, fits)
-    result = probe if measured == 2 else _measure(preset, measured, crop, threads)
+    result = probe if measured == 2 else _measure(preset, measured, crop, threads, limit)
+    if result is None:  # the extrapolation was short: the batch-2 step is what fits
+        measured, result = 2, probe
     return {"preset": preset, "batch": batch, "measured_batch": measured, "crop": list(crop),
             "peak_gib": result["peak"] / GIB, "estimate_gib": (probe["before"] + per_image * batch) / GIB}
 
@@ -92,6 +117,9 @@ def render(rows: list[dict], limit_gib: float) -> str:
              "| preset | per-process batch x crop | peak memory per process (CPU-measured) |", "|---|---|---|"]
     for r in rows:
         crop = "x".join(map(str, r["crop"]))
+        if r["peak_gib"] is None:
+            lines.append(f"| `{r['preset']}` | {r['batch']} x {crop} | does not fit {limit_gib:g} GiB even at batch 2 |")
+            continue
         peak = f"{r['peak_gib']:.1f} GiB"
         if r["measured_batch"] != r["batch"]:
             peak += (f" at batch {r['measured_batch']} (batch {r['batch']} does not fit {limit_gib:g} GiB: "

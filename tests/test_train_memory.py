@@ -34,3 +34,11 @@ def test_train_memory_refuses_an_unknown_preset():
     res = subprocess.run([sys.executable, SCRIPT, "--presets", "nope"], capture_output=True, text=True, env=_env(),
                          cwd=ROOT, timeout=120)
     assert res.returncode == 2 and "--presets" in res.stderr.strip().splitlines()[-1]
+
+
+def test_a_step_over_the_limit_is_stopped_and_reported(tmp_path):
+    res = subprocess.run([sys.executable, SCRIPT, "--presets", "synthetic-mobilenet", "--crop", "32x32", "--batch",
+                          "2", "--threads", "1", "--limit-gib", "0.05"],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "does not fit 0.05 GiB even at batch 2" in res.stdout
