@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hanet_fast.data import (BoostedDataset, Cityscapes, EvalTransform, SegmentationDataset, TrainSampler, TrainTransform, build_dataset,
-                             class_centroids, coarse_boost, official_eval_transform)
+from hanet_fast.data import (BoostedDataset, Cityscapes, EvalTransform, SegmentationDataset, TrainSampler,
+                             TrainTransform, build_dataset, class_centroids, coarse_boost, official_eval_transform)
 from hanet_fast.data.coarse import COARSE_SPLIT
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.runtime import Process

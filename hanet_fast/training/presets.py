@@ -102,7 +102,8 @@ PRESETS["bdd100k-mobilenet-os16"] = dict(PRESETS["train_m_os16_hanet"], dataset=
 #: Processes (GPUs, ``torchrun --nproc_per_node``) each preset's total batch assumes: the
 #: official script's ``--nproc_per_node``.
 PRESET_PROCESSES = {"synthetic-mobilenet": 1, "train_r101_os8_hanet": 2, "train_r101_os8_hanet_best": 4,
-                    "train_r101_os16_hanet": 2, "train_m_os16_hanet": 1, "train_resnext_pretrain": 6, "train_resnext_fr_pretrain": 6,
+                    "train_r101_os16_hanet": 2, "train_m_os16_hanet": 1, "train_resnext_pretrain": 6,
+                    "train_resnext_fr_pretrain": 6,
                     "bdd100k-r101-os16": 2, "bdd100k-mobilenet-os16": 1}
 
 DEFAULT_PRESET = "synthetic-mobilenet"

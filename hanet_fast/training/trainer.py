@@ -245,7 +245,8 @@ class Trainer:
             res = self.validate(final=True)
             if self.process.main:
                 metrics = {"iteration": res.iteration, "mIoU": res.miou, "pixel_acc": res.pixel_acc,
-                           "iou": {n: (None if math.isnan(v) else v) for n, v in zip(self.labels.class_names, res.ious)},
+                           "iou": {n: (None if math.isnan(v) else v)
+                                   for n, v in zip(self.labels.class_names, res.ious)},
                            "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device),
                            "best": self.best}
                 _io.write_json(os.path.join(self.out, "metrics.json"), metrics, indent=1)
