@@ -296,6 +296,33 @@ def compile_backend(name: str) -> str:
     return name
 
 
+#: The checkpoint a training run folder gives: ``last`` (the newest, default) or ``best`` (the best
+#: validation mIoU, hanet_fast.training.best).
+RUN_CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best.pt"}
+
+
+def add_run_checkpoint_arg(group) -> None:
+    """The ``--run-checkpoint {last,best}`` flag of ``evaluate``, ``infer`` and ``export``."""
+    group.add_argument("--run-checkpoint", choices=list(RUN_CHECKPOINT_FILES), default="last",
+                       help="which checkpoint a run folder given as --checkpoint gives: last (checkpoint.pt, the newest) "
+                            "or best (best.pt, the best validation mIoU of the run)")
+
+
+def run_checkpoint(path: str, which: str = "last") -> str:
+    """What ``--checkpoint path`` with ``--run-checkpoint which`` loads: ``last``, the path as it is
+    (a run folder gives its ``checkpoint.pt``, see :func:`hanet_fast.inference.load_model`);
+    ``best``, the run folder's ``best.pt``. ValueError naming the flag when ``best`` is asked of a
+    file or of a run folder that has no ``best.pt``."""
+    if which == "last":
+        return path
+    if not os.path.isdir(path):
+        raise ValueError(f"--run-checkpoint {which} picks a file of a run folder; --checkpoint {path} is a file")
+    file = os.path.join(path, RUN_CHECKPOINT_FILES[which])
+    if not os.path.isfile(file):
+        raise ValueError(f"--run-checkpoint best: {path} has no best.pt (the run has not validated yet)")
+    return file
+
+
 def add_compile_arg(group) -> None:
     """The ``--compile [BACKEND]`` flag of ``train``, ``evaluate`` and ``infer`` (one help text for
     all three): absent, ``None`` (eager); bare, :data:`DEFAULT_COMPILE_BACKEND`."""
@@ -315,8 +342,8 @@ def compile_model(model: torch.nn.Module, backend: str = DEFAULT_COMPILE_BACKEND
 
 def checkpoint_files(checkpoint: str) -> list[str]:
     """The files ``--checkpoint`` may name, to pass as ``inputs`` to :func:`check_outputs`: the
-    path itself and, for a run folder, its ``checkpoint.pt``."""
-    return [checkpoint, os.path.join(checkpoint, "checkpoint.pt")]
+    path itself and, for a run folder, its ``checkpoint.pt`` and ``best.pt``."""
+    return [checkpoint] + [os.path.join(checkpoint, name) for name in RUN_CHECKPOINT_FILES.values()]
 
 
 def default_out(out: str | None, checkpoint: str | None, name: str) -> str:

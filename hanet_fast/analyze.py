@@ -30,14 +30,15 @@ from hanet_fast import _io
 from hanet_fast._cli import HelpFormatter, check_outputs, default_out, error_exit, parse_args, resolve_device, size_arg
 from hanet_fast.analysis.figures import attention_distribution_figure, class_distribution_figure, height_width_figure
 from hanet_fast.analysis.statistics import ClassDistribution, format_table1
-from hanet_fast.data import (BDD100K, CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
-                             ImageFolder, SyntheticUrbanScenes, label_to_train_lut, read_label)
+from hanet_fast.data import (BDD100K, CITYSCAPES_LABELS, IGNORE_INDEX, NUM_CLASSES, Cityscapes, DatasetError,
+                             EvalTransform, ImageFolder, SyntheticUrbanScenes, build_dataset, label_to_train_lut,
+                             read_label)
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
 from hanet_fast.training.visualize import attention_figure
 
 __all__ = ["build_parser", "main", "LabelFolder", "class_statistics", "attention_maps"]
 
-DATASETS = ("synthetic", "cityscapes", "bdd100k", "folder")
+DATASETS = ("synthetic", "cityscapes", "bdd100k", "mapillary", "folder")
 # The files written into --out.
 TABLE1, FIG1, FIG10, STATISTICS = "table1.txt", "fig1_class_distribution.png", "fig10_height_vs_width.png", \
     "statistics.json"
@@ -59,7 +60,7 @@ class LabelFolder:
     counted as ignore, and totalled in ``non_train_pixels`` / ``non_train_maps`` for the caller
     to report."""
 
-    def __init__(self, root: str, label_ids: bool = False) -> None:
+    def __init__(self, root: str, label_ids: bool = False, num_classes: int = NUM_CLASSES) -> None:
         if not os.path.isdir(root):
             raise DatasetError(f"hanet_fast.analyze: label folder not found: {root}")
         self.paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
@@ -68,6 +69,7 @@ class LabelFolder:
             raise DatasetError(f"hanet_fast.analyze: no label maps ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
         self.lut = label_to_train_lut() if label_ids else None
         self.non_train_pixels = self.non_train_maps = 0
+        self.num_classes = num_classes  # the train ids are 0 .. num_classes - 1
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,11 +79,11 @@ class LabelFolder:
         if self.lut is not None:
             return self.lut[mask]
         labelled = int((mask != IGNORE_INDEX).sum())
-        outside = int(((mask >= NUM_CLASSES) & (mask != IGNORE_INDEX)).sum())
+        outside = int(((mask >= self.num_classes) & (mask != IGNORE_INDEX)).sum())
         if outside > NON_TRAIN_ID_LIMIT * labelled:
             raise DatasetError(
                 f"hanet_fast.analyze: {self.paths[index]}: {100 * outside / labelled:.0f}% of its labelled pixels hold "
-                f"values {NUM_CLASSES}-{IGNORE_INDEX - 1}, which are not trainIds (0-{NUM_CLASSES - 1}, "
+                f"values {self.num_classes}-{IGNORE_INDEX - 1}, which are not trainIds (0-{self.num_classes - 1}, "
                 f"{IGNORE_INDEX} ignored): Cityscapes labelId maps need --label-ids")
         if outside:
             self.non_train_pixels += outside
@@ -99,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="synthetic",
-                   help="synthetic (built in), cityscapes, bdd100k, or folder (label maps under --data-root)")
+                   help="synthetic (built in), cityscapes, bdd100k, mapillary (65 classes, named and coloured by its "
+                        "config.json), or folder (label maps under --data-root)")
     g.add_argument("--data-root", default=None,
                    help="data set root (cityscapes: with leftImg8bit/ and gtFine/; bdd100k: with images/10k and "
-                        "labels/sem_seg/masks; folder: label maps, searched recursively)")
+                        "labels/sem_seg/masks; mapillary: with config.json, training/ and validation/; folder: label "
+                        "maps, searched recursively)")
     g.add_argument("--split", default="train", help="split to analyse (cityscapes, bdd100k, synthetic)")
     g.add_argument("--label-ids", action="store_true",
                    help="folder: the maps hold Cityscapes labelIds (mapped to trainIds), not trainIds")
@@ -161,6 +165,9 @@ def _datasets(args) -> tuple[object, object | None]:
     if args.dataset == "bdd100k":
         ds = BDD100K(args.data_root, args.split, transform=tf)
         return ds, ds
+    if args.dataset == "mapillary":
+        ds = build_dataset("mapillary", args.split, tf, root=args.data_root)
+        return ds, ds
     labels = LabelFolder(args.data_root, args.label_ids)
     return labels, (ImageFolder(args.image_root, tf) if args.checkpoint else None)
 
@@ -172,12 +179,13 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
 
-def class_statistics(labels, limit: int = 0, bins: int = 64, progress: bool = True) -> ClassDistribution:
-    """Accumulate a :class:`ClassDistribution` over the first ``limit`` maps (0: all) of any
-    object with ``len`` and ``load_mask(i)``."""
+def class_statistics(labels, limit: int = 0, bins: int = 64, progress: bool = True,
+                     num_classes: int = NUM_CLASSES) -> ClassDistribution:
+    """Accumulate a :class:`ClassDistribution` of ``num_classes`` classes over the first ``limit``
+    maps (0: all) of any object with ``len`` and ``load_mask(i)``."""
     n = len(labels) if not limit else min(limit, len(labels))
     masks: Iterator[np.ndarray] = (labels.load_mask(i) for i in range(n))
-    return ClassDistribution(NUM_CLASSES, bins).update(_progress(masks, n, "class statistics", progress))
+    return ClassDistribution(num_classes, bins).update(_progress(masks, n, "class statistics", progress))
 
 
 @torch.no_grad()
@@ -256,22 +264,25 @@ def main(argv: list[str] | None = None) -> dict:
                       protected=[f for f in protected if f])
         # Before the statistics: a bad checkpoint is reported at once, not after all of them.
         network = _load_checkpoint(args, images) if args.checkpoint else None
-        dist = class_statistics(labels, args.limit, args.bins, not args.no_progress)
+        classes = getattr(labels, "labels", CITYSCAPES_LABELS)  # a folder of label maps: Cityscapes trainIds
+        dist = class_statistics(labels, args.limit, args.bins, not args.no_progress, classes.num_classes)
         if getattr(labels, "non_train_pixels", 0):
             print(f"note: {labels.non_train_pixels} pixels in {labels.non_train_maps} map(s) hold values "
                   f"{NUM_CLASSES}-{IGNORE_INDEX - 1}, not trainIds: counted as ignored (Cityscapes labelId maps need "
                   "--label-ids)", file=sys.stderr)
-        table = format_table1(dist, CLASS_NAMES, paper=not args.no_paper)
+        table = format_table1(dist, classes.class_names, paper=not args.no_paper and classes is CITYSCAPES_LABELS)
         name = args.dataset + (f" {args.split}" if args.dataset != "folder" else f" {args.data_root}")
         text = f"Table 1 ({name}): probabilities (%) of pixels per class given the region\n\n{table}\n"
         print(text)
         _io.write_text(os.path.join(args.out, TABLE1), text)
-        report = {"dataset": args.dataset, "split": args.split, "data_root": args.data_root, **dist.to_dict()}
+        report = {"dataset": args.dataset, "split": args.split, "data_root": args.data_root,
+                  **dist.to_dict(classes.class_names)}
         written = [os.path.join(args.out, TABLE1)]
-        for fn, file in ((class_distribution_figure, FIG1), (height_width_figure, FIG10)):
-            with _io.atomic_path(os.path.join(args.out, file)) as tmp:
-                fn(dist, tmp)
-            written.append(os.path.join(args.out, file))
+        with _io.atomic_path(os.path.join(args.out, FIG1)) as tmp:
+            class_distribution_figure(dist, tmp, classes.class_names, palette=classes.palette)
+        with _io.atomic_path(os.path.join(args.out, FIG10)) as tmp:
+            height_width_figure(dist, tmp)
+        written += [os.path.join(args.out, FIG1), os.path.join(args.out, FIG10)]
         if network is not None:
             written += _checkpoint_figures(args, images, dist, report, *network)
         _io.write_json(os.path.join(args.out, STATISTICS), report)

@@ -8,7 +8,8 @@
     python -m hanet_fast.evaluate --checkpoint hanet_r101_os8.pth --data-root /data/cityscapes \\
         --scales 0.5,1.0,2.0 --flip --sliding 864x864 --save-labelids preds/ --official --json metrics.json
 
-The checkpoint is ours (``checkpoint.pt`` of ``python -m hanet_fast.train`` or its run folder)
+The checkpoint is ours (``checkpoint.pt`` of ``python -m hanet_fast.train`` or its run folder,
+which gives its last ``checkpoint.pt``, or with ``--run-checkpoint best`` its ``best.pt``)
 or an official HANet one (detected automatically). Without ``--dataset`` our checkpoints are
 evaluated on their training data set (for the synthetic scenes: the same size, number of
 validation scenes and data seed), official ones on Cityscapes.
@@ -45,9 +46,11 @@ import numpy as np
 import torch
 
 from hanet_fast import _io
-from hanet_fast._cli import (add_compile_arg, check_outputs, checkpoint_files, compile_model, error_exit, image_size,
-                             interrupted, parse_args, resolve_device, same_size_batches, scales_arg, size_arg)
-from hanet_fast.data import BDD100K, CLASS_NAMES, Cityscapes, DatasetError, EvalTransform, SyntheticUrbanScenes
+from hanet_fast._cli import (add_compile_arg, add_run_checkpoint_arg, check_outputs, checkpoint_files, compile_model,
+                             error_exit, image_size, interrupted, parse_args, resolve_device, run_checkpoint,
+                             same_size_batches, scales_arg, size_arg)
+from hanet_fast.data import (BDD100K, CLASS_NAMES, DATASETS, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
+                             SyntheticUrbanScenes, build_dataset, labels_for)
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
 from hanet_fast.evaluation import accumulate_confusion
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", required=True,
                    help="our checkpoint.pt (or its run folder) or an official HANet checkpoint")
+    add_run_checkpoint_arg(g)
     g.add_argument("--backbone", default=None, help="official checkpoints: backbone, if it cannot be inferred")
     g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32], default=None,
                    help="output stride (official checkpoints without a saved command need it; ours: override)")
@@ -116,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_arg(g)
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=["synthetic", "cityscapes", "bdd100k"], default=None,
+    g.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="data set (default: the checkpoint's training data set; cityscapes for official checkpoints)")
     g.add_argument("--data-root", default=None,
                    help="data set root (default: the checkpoint's); cityscapes: holds leftImg8bit/ and gtFine/, "
-                        "bdd100k: holds images/10k/ and labels/sem_seg/masks/")
+                        "bdd100k: holds images/10k/ and labels/sem_seg/masks/, mapillary: holds config.json, "
+                        "training/ and validation/")
     g.add_argument("--split", default="val", help="split to evaluate (default: val; synthetic: train, val or test)")
     g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=None,
                    help="synthetic scene size HxW (default: the checkpoint's, else 128x256)")
@@ -195,6 +200,8 @@ def _build_dataset(args: argparse.Namespace):
         return SyntheticUrbanScenes(args.split, args.synthetic_val, args.synthetic_size, args.data_seed, transform)
     if args.dataset == "cityscapes":
         return Cityscapes(args.data_root, args.split, transform=transform)
+    if args.dataset == "mapillary":
+        return build_dataset("mapillary", args.split, transform, root=args.data_root)
     return BDD100K(args.data_root, args.split, transform=transform)
 
 
@@ -311,6 +318,7 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     bounds = [(k / args.regions, (k + 1) / args.regions) for k in range(args.regions)]
     per_region = [iou_from_confusion(c) for c in conf]
     cfg = info["config"]
+    class_names = labels_for(cfg.num_classes, info["labels"]).class_names
     sliding = "off" if args.sliding is None else f"{args.sliding[0]}x{args.sliding[1]} (overlap {args.overlap:.2f})"
     if args.protocol == "official-sliding":
         sliding = f"crop {args.crop_size} (overlap {args.overlap:.2f})"
@@ -322,7 +330,7 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     print(f"{args.dataset} {args.split}, {n} images; {protocol}"
           f"scales {','.join(f'{s:g}' for s in args.scales)}, "
           f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
-    print(format_table(ious, miou, acc))
+    print(format_table(ious, miou, acc, class_names))
     if args.regions > 1:
         print()
         print(format_region_table(names, bounds, [r[1] for r in per_region], [r[2] for r in per_region]))
@@ -333,10 +341,10 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
         "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
         "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
         "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),
-        "iou": {name: _nan_to_none(v) for name, v in zip(CLASS_NAMES, ious)},
+        "iou": {name: _nan_to_none(v) for name, v in zip(class_names, ious)},
         "regions": [
             {"name": name, "rows": list(b), "mIoU": _nan_to_none(r[1]), "pixel_acc": _nan_to_none(r[2]),
-             "iou": {c: _nan_to_none(v) for c, v in zip(CLASS_NAMES, r[0])}}
+             "iou": {c: _nan_to_none(v) for c, v in zip(class_names, r[0])}}
             for name, b, r in zip(names, bounds, per_region)
         ],
         "confusion": conf.sum(0).tolist(), "seconds": seconds,
@@ -349,10 +357,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.json:
         # Checked now, not after the whole evaluation (and again below, against the data set's files).
         check_outputs([args.json], flag="--json", overwrite=args.overwrite, inputs=checkpoint_files(args.checkpoint))
+    args.checkpoint = run_checkpoint(args.checkpoint, args.run_checkpoint)
     model, info = load_model(args.checkpoint, device=device, backbone=args.backbone, output_stride=args.output_stride)
     if args.compile:
         compile_model(model, args.compile)
     _resolve_data(args, info, parser)
+    if (args.save_labelids is not None or args.official) and info["config"].num_classes != NUM_CLASSES:
+        parser.error(f"--save-labelids and --official write Cityscapes labelIds: a {info['config'].num_classes}-class "
+                     f"network's predictions have none")
     dataset = _build_dataset(args)
     n = min(args.limit, len(dataset)) if args.limit else len(dataset)
     if args.json:

@@ -48,7 +48,8 @@ import torch.nn as nn
 from torch.utils._sympy.numbers import int_oo
 
 from hanet_fast import _io
-from hanet_fast._cli import HelpFormatter, check_outputs, checkpoint_files, parse_args, size_arg
+from hanet_fast._cli import (HelpFormatter, add_run_checkpoint_arg, check_outputs, checkpoint_files, parse_args,
+                             run_checkpoint, size_arg)
 from hanet_fast.nn.positional import full_image_row_pos
 from hanet_fast.ops.decompose import decompositions
 
@@ -222,11 +223,13 @@ def exported_sizes(path: str | os.PathLike, fmt: str) -> str:
     return describe_sizes(dynamic_size_range(torch.export.load(os.fspath(path))))
 
 
-def default_output(checkpoint: str, fmt: str, size: tuple[int, int], dynamic: bool, pt2_ops: str) -> str:
+def default_output(checkpoint: str, fmt: str, size: tuple[int, int], dynamic: bool, pt2_ops: str,
+                   run_checkpoint: str = "last") -> str:
     """``<checkpoint folder>/<stem>-<H>x<W>[-dynamic][-fused].<fmt>``: next to the checkpoint, named
-    by what the file accepts."""
+    by what the file accepts (a run folder's: ``model``, or ``best`` for its ``best.pt``)."""
     folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
-    stem = "model" if os.path.isdir(checkpoint) else os.path.splitext(os.path.basename(checkpoint))[0]
+    stem = ("model" if run_checkpoint == "last" else "best") if os.path.isdir(checkpoint) else \
+        os.path.splitext(os.path.basename(checkpoint))[0]
     name = f"{stem}-{size[0]}x{size[1]}" + ("-dynamic" if dynamic else "")
     name += "-fused" if fmt == "pt2" and pt2_ops == "fused" else ""
     return os.path.join(folder or ".", f"{name}.{fmt}")
@@ -240,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+                   help="checkpoint.pt (or best.pt) or run folder of python -m hanet_fast.train (it gives checkpoint.pt; "
+                        "--run-checkpoint best: best.pt), or an official HANet checkpoint")
+    add_run_checkpoint_arg(p)
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (standard operators) or pt2 (torch.export)")
     p.add_argument("--size", required=True, type=size_arg, metavar="HxW",
                    help=f"input size HxW traced (at most {MAX_SIDE} per side); without --dynamic the only size the "
@@ -282,12 +287,14 @@ def main(argv: Sequence[str] | None = None) -> str:
 
     p = build_parser()
     args = parse_args(p, None if argv is None else list(argv), _check_args)
-    out = args.out or default_output(args.checkpoint, args.format, args.size, args.dynamic, args.pt2_ops)
+    out = args.out or default_output(args.checkpoint, args.format, args.size, args.dynamic, args.pt2_ops,
+                                     args.run_checkpoint)
     try:
         # Never the checkpoint itself; a link at --out is replaced by the file, never followed.
         check_outputs([out], flag="--out", overwrite=args.overwrite,
                       inputs=checkpoint_files(args.checkpoint))
-        model, info = load_model(args.checkpoint, device="cpu", backbone=args.backbone,
+        model, info = load_model(run_checkpoint(args.checkpoint, args.run_checkpoint), device="cpu",
+                                 backbone=args.backbone,
                                  output_stride=args.output_stride)
         with _io.atomic_path(out) as tmp:
             if args.format == "onnx":

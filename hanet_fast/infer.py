@@ -4,7 +4,8 @@ Inputs are image files and/or folders (searched recursively). For every image ``
 it writes, under ``--out`` and mirroring the inputs' folder structure (paths relative to the
 inputs' common parent folder, so same-named files in different folders never collide):
 
-- ``<stem>_pred.png``: the prediction in the Cityscapes colours;
+- ``<stem>_pred.png``: the prediction in the colours of the network's classes (a checkpoint of ours stores them, e.g.
+  Mapillary's 65; Cityscapes' for a 19-class network without them);
 - ``<stem>_overlay.png``: the colours blended over the image (``--alpha``);
 - ``<stem>_trainids.png`` / ``<stem>_labelids.png`` (``--save-trainids`` / ``--save-labelids``):
   the raw 8-bit maps, trainIds 0-18 or Cityscapes labelIds (what the official evaluation reads);
@@ -49,12 +50,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hanet_fast import _io
-from hanet_fast._cli import (MAX_SCALE, MAX_THREADS, WARN_WINDOWS, HelpFormatter, add_compile_arg, check_outputs,
-                             check_workload, checkpoint_files, compile_model, default_out, error_exit, image_size,
-                             interrupted, parse_args, resolve_device, same_size_batches, scales_arg, size_arg)
+from hanet_fast._cli import (MAX_SCALE, MAX_THREADS, WARN_WINDOWS, HelpFormatter, add_compile_arg,
+                             add_run_checkpoint_arg, check_outputs, check_workload, checkpoint_files, compile_model,
+                             default_out, error_exit, image_size, interrupted, parse_args, resolve_device,
+                             run_checkpoint, same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import DatasetError, read_image
 from hanet_fast.data.datasets import IMAGE_EXTENSIONS
-from hanet_fast.data.labels import colorize, train_to_label_lut
+from hanet_fast.data.labels import NUM_CLASSES, labels_for, train_to_label_lut
 from hanet_fast.data.transforms import normalize_image, resize_image
 from hanet_fast.inference import MAX_PIXELS, MAX_WINDOWS, amp_context, load_model, predict
 from hanet_fast.training.visualize import attention_figure, overlay, pyplot
@@ -158,13 +160,16 @@ def output_stems(paths: list[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hanet_fast.infer",
-        description="Segment images with a trained DeepLabv3+/HANet network: colour predictions (Cityscapes "
-                    "palette) and overlays, optionally raw trainId/labelId maps and HANet attention maps.",
+        description="Segment images with a trained DeepLabv3+/HANet network: colour predictions (the classes' "
+                    "palette stored in the checkpoint, else Cityscapes') and overlays, optionally raw trainId/labelId "
+                    "maps and HANet attention maps.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint.pt or run folder of python -m hanet_fast.train, or an official HANet checkpoint")
+                   help="checkpoint.pt (or best.pt) or run folder of python -m hanet_fast.train (it gives checkpoint.pt; "
+                        "--run-checkpoint best: best.pt), or an official HANet checkpoint")
+    add_run_checkpoint_arg(p)
     p.add_argument("--out", default=None,
                    help="output folder, mirroring the inputs' folder structure (default: <run folder>/predictions "
                         "when --checkpoint is a run folder, else ./predictions)")
@@ -250,11 +255,15 @@ def main(argv: list[str] | None = None) -> list[str]:
         batches = _batches(paths, args.size, args.batch_size)
         sizes = {tuple(args.size) if args.size else image_size(paths[batch[0]], oriented=True) for batch in batches}
         check_workload(sizes, args.scales, args.window, args.overlap)
-        model, info = load_model(args.checkpoint, device=device)
+        model, info = load_model(run_checkpoint(args.checkpoint, args.run_checkpoint), device=device)
         if args.attention and not model.hanet_modules:
             raise ValueError(f"--attention: the network of {info['path']} has no HANet layer (a baseline)")
         if args.compile:
             compile_model(model, args.compile)
+        if args.save_labelids and model.num_classes != NUM_CLASSES:
+            raise ValueError(f"--save-labelids: Cityscapes labelIds need a {NUM_CLASSES}-class network, "
+                             f"{info['path']} has {model.num_classes} classes")
+        args.labels = labels_for(model.num_classes, info["labels"])  # the classes' colours in _save
         to_label = train_to_label_lut() if args.save_labelids else None
         with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True, file=sys.stderr,
                   disable=args.no_progress) as progress:
@@ -284,8 +293,8 @@ def _save(base: str, path: str, original: np.ndarray, prob: torch.Tensor, attent
         prob = F.interpolate(prob, size=original.shape[:2], mode="bilinear", align_corners=False)
     pred = prob[0].argmax(0).to(torch.uint8).cpu().numpy()
     # check_outputs has allowed these files (absent, or --overwrite): the writer replaces, never follows.
-    _io.save_image(colorize(pred), base + PRED)
-    _io.save_image(overlay(original, pred, args.alpha), base + OVERLAY)
+    _io.save_image(args.labels.colorize(pred), base + PRED)
+    _io.save_image(overlay(original, pred, args.alpha, args.labels), base + OVERLAY)
     if args.save_trainids:
         _io.save_image(pred, base + TRAINIDS)
     if to_label is not None:

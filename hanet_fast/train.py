@@ -6,7 +6,8 @@ mIoU on the synthetic validation split and leaves in its run folder (``runs/<tim
 ``--out``)::
 
     checkpoint.pt      the last checkpoint (atomic; every --ckpt-every iterations and at the end)
-    metrics.json       final per-class IoU, mIoU, pixel accuracy, wall time
+    best.pt            the checkpoint of the best validation mIoU so far (atomic; kept across --resume)
+    metrics.json       final per-class IoU, mIoU, pixel accuracy, wall time, the best validation
     args.json          the effective settings
     tb/                TensorBoard scalars (loss, lr, images/s, val mIoU and IoUs) and images
     attention.png      HANet attention maps of a validation image (paper Fig. 5)
@@ -23,6 +24,8 @@ the run there or ``--overwrite`` replaces it; a run holds its folder while it la
 into it is refused). Ctrl-C names the checkpoint to ``--resume`` from (exit 130); a diverging run
 (loss or weights NaN or Inf) stops in one line (exit 1) and never checkpoints NaN weights.
 
+Real data, multi-node runs and the official recipes: docs/training.md.
+
 From Python: ``from hanet_fast.training import TrainConfig, Trainer`` (this module only parses
 the flags into a :class:`~hanet_fast.training.TrainConfig` and runs ``Trainer(config).fit()``).
 
@@ -34,8 +37,10 @@ Presets (``--preset NAME``, :mod:`hanet_fast.training.presets`; explicit flags o
   weights (nothing to download).
 - one preset per training script of the official code (github.com/shachoi/HANet ``scripts/``),
   named after it: ``train_r101_os8_hanet``, ``train_r101_os8_hanet_best``,
-  ``train_r101_os16_hanet``, ``train_m_os16_hanet`` and ``train_resnext_fr_pretrain``, with
-  every setting the script passes and the official ``train.py`` defaults for the rest.
+  ``train_r101_os16_hanet``, ``train_m_os16_hanet``, ``train_resnext_pretrain`` (Mapillary
+  Vistas) and ``train_resnext_fr_pretrain`` (``--init-from`` the Mapillary network, coarse
+  boosting), with every setting the script passes and the official ``train.py`` defaults for
+  the rest; they validate after every epoch (``--val-every epoch``).
   ``--batch-size`` is per process: run them with ``torchrun --nproc_per_node=N`` for the
   script's N GPUs (the table's "batch" column) to get its total batch.
 - ``bdd100k-r101-os16`` and ``bdd100k-mobilenet-os16``: BDD100K as the paper trains it (§4.3:
@@ -68,6 +73,16 @@ class _Parser(argparse.ArgumentParser):
 
 class _HelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Flag defaults shown, and the epilog's preset table kept as laid out."""
+
+
+def _val_every(text: str) -> int | str:
+    """``--val-every``: ``epoch`` or a count of iterations."""
+    if text == "epoch":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of iterations or 'epoch', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=list(DATASET_NAMES), default=S,
                    help="training data (preset default: synthetic)")
     g.add_argument("--data-root", default=None, help="data set root (cityscapes: holds leftImg8bit/ and gtFine/; "
-                   "bdd100k: holds images/10k/ and labels/sem_seg/masks/)")
-    g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k; preset default: train)")
-    g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k)")
+                   "bdd100k: holds images/10k/ and labels/sem_seg/masks/; mapillary: holds config.json, training/ "
+                   "and validation/, each with images/ and labels/)")
+    g.add_argument("--train-split", default=S, help="training split (cityscapes/bdd100k/mapillary; preset default: train)")
+    g.add_argument("--val-split", default="val", help="validation split (cityscapes/bdd100k/mapillary)")
     g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=S, help="synthetic scene size HxW (preset: 128x256)")
     g.add_argument("--synthetic-train", type=int, default=S, help="number of synthetic training scenes (preset: 2000)")
     g.add_argument("--synthetic-val", type=int, default=S, help="number of synthetic validation scenes (preset: 100)")
@@ -119,9 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--class-uniform-pct", type=float, default=S,
                    help="fraction of class-uniform samples (paper §4.1; 0: off)")
     g.add_argument("--class-uniform-tile", type=int, default=S, help="centroid tile size (0: image height // 2)")
+    g.add_argument("--coarse-boost-classes", default=S, metavar="IDS",
+                   help="cityscapes: comma-separated train ids whose class-uniform crops are also drawn from the "
+                        "coarse leftImg8bit/train_extra + gtCoarse/train_extra images (official "
+                        "--coarse_boost_classes, e.g. 14,15,16,3,12,17,4; empty: off)")
+    g.add_argument("--max-cu-epoch", type=int, default=S,
+                   help="with --coarse-boost-classes: epochs after this one draw class-uniform crops from the fine "
+                        "images only (official --max_cu_epoch 10000)")
     g.add_argument("--cache-dir", default=None, help="class-centroid cache folder (default $HANET_FAST_CACHE or ~/.cache/hanet_fast)")
     g.add_argument("--val-size", type=size_arg, metavar="HxW", default=None, help="resize validation images to HxW (default: as they are)")
-    g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 1 otherwise)")
+    g.add_argument("--val-batch-size", type=int, default=0, help="validation batch size per process (0: 8 synthetic, 4 mapillary, 1 otherwise)")
     g.add_argument("--val-limit", type=int, default=0, help="validate on the first N images only (0: all)")
 
     g = p.add_argument_group("model")
@@ -140,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hanet-dropout", type=float, default=S, help="dropout on the pooled HANet input")
     g.add_argument("--no-pos-encoding", action="store_true", help="HANet without positional encoding")
     g.add_argument("--pretrained-backbone", default=S, help="none, imagenet (torchvision weights; timm's default pretrained tag for timm:NAME), or a file path")
-    g.add_argument("--no-aux", action="store_true", help="no auxiliary head / loss")
+    g.add_argument("--no-aux", dest="no_aux", action="store_true", default=S, help="no auxiliary head / loss")
+    g.add_argument("--aux", dest="no_aux", action="store_false", default=S,
+                   help="the auxiliary head and loss (overrides a preset's --no-aux)")
+    g.add_argument("--init-from", default=S, metavar="CHECKPOINT",
+                   help="initialise the whole network from a checkpoint of ours (file or run folder) or an official "
+                        "HANet snapshot: every tensor whose name and shape match is loaded, the others are listed and "
+                        "keep their initialisation; no optimiser state (not a resume; preset default: none)"),
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, default=S, help="training iterations")
@@ -173,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, default=10, help="TensorBoard scalar interval (iterations)")
-    g.add_argument("--val-every", type=int, default=S, help="validation interval (iterations; 0: only at the end)")
+    g.add_argument("--val-every", type=_val_every, default=S, metavar="N|epoch",
+                   help="validation interval: N iterations (0: only at the end) or 'epoch' (after every epoch of the "
+                        "sampler, as the official trainer); each validation that beats the best so far writes best.pt")
     g.add_argument("--ckpt-every", type=int, default=S, help="checkpoint interval (iterations; always at the end)")
     g.add_argument("--num-vis", type=int, default=4, help="validation samples in predictions.png")
     return p

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from hanet_fast.data.datasets import BDD100K_CLASS_UNIFORM_TILE
 from hanet_fast.train import main, resolve_args
 from hanet_fast.training.model import build_model
 from hanet_fast.training.presets import DEFAULT_PRESET, PRESET_PROCESSES, PRESETS
@@ -97,7 +98,10 @@ EXPECTED = {
     "train_resnext_fr_pretrain": dict(
         COMMON, train_split="trainval",                   # l.7 --city_mode 'trainval'
         backbone="resnext101_32x8d", output_stride=8,     # l.5 --arch network.deepv3.DeepResNext101V3PlusD_HANet_OS8
-        pretrained_backbone="pretrained/resnext_mapillary_0.47475.pth",  # l.6 --snapshot
+        init_from="pretrained/resnext_mapillary_0.47475.pth",  # l.6 --snapshot: the whole network
+        pretrained_backbone="none",                       # (every trunk tensor comes from the snapshot)
+        coarse_boost_classes="14,15,16,3,12,17,4",        # l.16 --coarse_boost_classes 14,15,16,3,12,17,4
+        max_cu_epoch=10000,                               # l.13 --max_cu_epoch 10000
         crop_size=(864, 864),                             # l.19 --crop_size 864
         iters=90000,                                      # l.25 --max_iter 90000
         batch_size=2,                                     # l.26 --bs_mult 2 (x l.3 --nproc_per_node=6 = 12)
@@ -109,7 +113,7 @@ EXPECTED = {
 
 PROCESSES = {  # l.3 of each script: torch.distributed.launch --nproc_per_node=N
     "train_r101_os8_hanet": 2, "train_r101_os8_hanet_best": 4, "train_r101_os16_hanet": 2,
-    "train_m_os16_hanet": 1, "train_resnext_fr_pretrain": 6,
+    "train_m_os16_hanet": 1, "train_resnext_fr_pretrain": 6, "train_resnext_pretrain": 6,
 }
 
 
@@ -123,7 +127,7 @@ def test_preset_is_the_official_script(name):
     # --hanet_pos 2 1, --pos_rfactor 8, --dropout, --pos_noise, default --pooling mean)
     args.pretrained_backbone = "none"
     with torch.device("meta"):
-        model = build_model(args)
+        model = build_model(args, 19)
     expected_layer = dict(rows=16, reduction=EXPECTED[name]["hanet_reduction"], kernel_size=3, num_convs=3,
                           pooling="avg", dropout=0.1, pos_encoding="sinusoidal", pos_injection=2,
                           pos_noise=EXPECTED[name]["hanet_pos_noise"])
@@ -141,7 +145,10 @@ def test_bdd100k_presets_follow_the_paper():
         args = resolve_args(["--preset", name, "--data-root", "/data"])
         assert (args.dataset, args.crop_size, args.iters) == ("bdd100k", (608, 608), 60000)
         assert args.batch_size == per_process and per_process * PRESET_PROCESSES[name] == 16
-        rest = {k: v for k, v in EXPECTED[base].items() if k not in ("dataset", "crop_size", "iters", "batch_size")}
+        # the official tile 1024 fits no 720-row image: BDD100K_CLASS_UNIFORM_TILE
+        assert args.class_uniform_tile == BDD100K_CLASS_UNIFORM_TILE < 720
+        rest = {k: v for k, v in EXPECTED[base].items()
+                if k not in ("dataset", "crop_size", "iters", "batch_size", "class_uniform_tile")}
         assert {k: getattr(args, k) for k in rest} == rest
 
 

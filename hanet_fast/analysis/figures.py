@@ -38,8 +38,8 @@ def _per_class_max(a: np.ndarray) -> np.ndarray:
 
 
 def class_distribution_figure(dist: ClassDistribution, path: str, class_names: Sequence[str] = CLASS_NAMES,
-                              title: str | None = None) -> None:
-    """Paper Fig. 1: (a) average pixels per image of each class (bars in the class colours,
+                              title: str | None = None, palette: np.ndarray = PALETTE) -> None:
+    """Paper Fig. 1: (a) average pixels per image of each class (bars in the class colours ``palette``,
     sorted by frequency) and (b) the same per upper / middle / lower third, log-scale y."""
     plt = _plt()
     names = list(class_names)[: dist.num_classes]
@@ -47,7 +47,7 @@ def class_distribution_figure(dist: ClassDistribution, path: str, class_names: S
     order = np.argsort(-entire, kind="stable")
     x = np.arange(len(order))
     labels = [f"{names[i]} ({i})" for i in order]
-    colours = [PALETTE[i] / 255.0 if i < len(PALETTE) else (0.5, 0.5, 0.5) for i in order]
+    colours = [palette[i] / 255.0 if i < len(palette) else (0.5, 0.5, 0.5) for i in order]
     fig, (ax_a, ax_b) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     ax_a.bar(x, entire[order], color=colours, edgecolor="black", linewidth=0.5)
     ax_a.set_title("(a) entire image")

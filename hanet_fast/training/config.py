@@ -9,12 +9,13 @@ import math
 import os
 
 from hanet_fast._cli import resolve_device
-from hanet_fast.data import TrainTransform
+from hanet_fast.data import DATASETS, NUM_CLASSES, TrainTransform
+from hanet_fast.data.sampling import parse_class_list
 from hanet_fast.training.presets import DEFAULT_PRESET, PRESETS
 
 __all__ = ["TrainConfig", "ConfigError", "DATASET_NAMES", "AMP_CHOICES", "OUTPUT_STRIDES"]
 
-DATASET_NAMES = ("synthetic", "cityscapes", "bdd100k")
+DATASET_NAMES = tuple(DATASETS)  # the data sets hanet_fast.data builds by name
 AMP_CHOICES = ("off", "bf16", "fp16")
 OUTPUT_STRIDES = (4, 8, 16, 32)
 _D = PRESETS[DEFAULT_PRESET]  # the defaults of the settings a preset sets
@@ -85,6 +86,8 @@ class TrainConfig:
     val_size: tuple[int, int] | None = None
     val_batch_size: int = 0
     val_limit: int = 0
+    coarse_boost_classes: str = _D["coarse_boost_classes"]
+    max_cu_epoch: int = _D["max_cu_epoch"]
     # model
     backbone: str = _D["backbone"]
     output_stride: int = _D["output_stride"]
@@ -97,7 +100,8 @@ class TrainConfig:
     hanet_dropout: float = _D["hanet_dropout"]
     no_pos_encoding: bool = False
     pretrained_backbone: str = _D["pretrained_backbone"]
-    no_aux: bool = False
+    no_aux: bool = _D["no_aux"]
+    init_from: str | None = _D["init_from"]
     # optimisation
     iters: int = _D["iters"]
     batch_size: int = _D["batch_size"]
@@ -119,7 +123,7 @@ class TrainConfig:
     sync_bn: bool = _D["sync_bn"]
     # logging
     log_every: int = 10
-    val_every: int = _D["val_every"]
+    val_every: int | str = _D["val_every"]  # iterations, or "epoch"
     ckpt_every: int = _D["ckpt_every"]
     num_vis: int = 4
 
@@ -190,7 +194,9 @@ class TrainConfig:
             value = getattr(self, key)
             _require(value >= 0 and math.isfinite(value), f"{{{key}}} must be a finite number >= 0, got {value}", key)
         _require(self.log_every >= 1, f"{{log_every}} must be at least 1, got {self.log_every}", "log_every")
-        for key in ("val_every", "ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size",
+        _require(self.val_every == "epoch" or (isinstance(self.val_every, int) and self.val_every >= 0),
+                 f"{{val_every}} must be 'epoch' or a number of iterations >= 0, got {self.val_every!r}", "val_every")
+        for key in ("ckpt_every", "val_limit", "stop_after", "threads", "workers", "val_batch_size",
                     "num_vis", "class_uniform_tile"):
             _require(getattr(self, key) >= 0, f"{{{key}}} must not be negative, got {getattr(self, key)}", key)
         _require(0 <= self.class_uniform_pct <= 1,
@@ -202,6 +208,16 @@ class TrainConfig:
             TrainTransform(self.crop_size, (self.scale_min, self.scale_max), 0.5, self.color_jitter, self.blur)
         except ValueError as e:
             raise ConfigError(f"{{color_jitter}} / {{blur}}: {e}", "color_jitter", "blur") from None
+        _require(self.max_cu_epoch >= 0, f"{{max_cu_epoch}} must not be negative, got {self.max_cu_epoch}",
+                 "max_cu_epoch")
+        if self.coarse_boost_classes:
+            _require(self.dataset == "cityscapes" and self.class_uniform_pct > 0,
+                     "{coarse_boost_classes} needs {dataset} cityscapes and {class_uniform_pct} > 0 (coarse crops are "
+                     "class-uniform samples)", "coarse_boost_classes", "dataset", "class_uniform_pct")
+            try:
+                parse_class_list(self.coarse_boost_classes, NUM_CLASSES, "{coarse_boost_classes}")
+            except ValueError as e:
+                raise ConfigError(str(e).removeprefix("hanet_fast.data: "), "coarse_boost_classes") from None
         _require(self.dataset != "synthetic" or min(self.synthetic_train, self.synthetic_val) >= 1,
                  "{synthetic_train} and {synthetic_val} must be positive", "synthetic_train", "synthetic_val")
 

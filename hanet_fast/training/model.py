@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from hanet_fast.data import NUM_CLASSES
 from hanet_fast.models import DeepLabV3PlusHANet, HANetConfig, deeplabv3plus
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.schedule import poly_scheduler
@@ -14,8 +13,9 @@ from hanet_fast.training.schedule import poly_scheduler
 __all__ = ["build_model", "build_optimization"]
 
 
-def build_model(cfg: TrainConfig) -> DeepLabV3PlusHANet:
-    """DeepLabv3+ with the HANet layers, backbone and pretrained weights ``cfg`` names.
+def build_model(cfg: TrainConfig, num_classes: int) -> DeepLabV3PlusHANet:
+    """DeepLabv3+ with ``num_classes`` outputs and the HANet layers, backbone and pretrained
+    weights ``cfg`` names.
 
     Raises:
         ValueError: an unknown backbone. FileNotFoundError: a missing weights file.
@@ -25,7 +25,7 @@ def build_model(cfg: TrainConfig) -> DeepLabV3PlusHANet:
                         pos_encoding=None if cfg.no_pos_encoding else "sinusoidal",
                         pos_injection=cfg.hanet_pos_injection, pos_noise=cfg.hanet_pos_noise)
     pretrained = None if str(cfg.pretrained_backbone).lower() in ("none", "") else cfg.pretrained_backbone
-    return deeplabv3plus(backbone=cfg.backbone, output_stride=cfg.output_stride, num_classes=NUM_CLASSES,
+    return deeplabv3plus(backbone=cfg.backbone, output_stride=cfg.output_stride, num_classes=num_classes,
                          hanet_layers=layers, hanet=hanet, aux=not cfg.no_aux, pretrained_backbone=pretrained)
 
 

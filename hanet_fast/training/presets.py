@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from hanet_fast.data.datasets import BDD100K_CLASS_UNIFORM_TILE
+
 __all__ = ["PRESETS", "PRESET_PROCESSES", "DEFAULT_PRESET", "preset_table", "format_config"]
 
 # What every official training script (scripts/train_*.sh of github.com/shachoi/HANet) passes
@@ -35,7 +37,11 @@ _OFFICIAL_SCRIPT = dict(
     hanet_weight_decay=1e-4,                   # --hanet_wd default
     momentum=0.9,                              # --momentum default
     img_wt_loss=False, cls_wt_loss=False,      # defaults unless the script passes them
-    dataset="cityscapes", train_split="train", val_every=2000, ckpt_every=2000,
+    max_cu_epoch=10000,                        # --max_cu_epoch 10000 (the cut of coarse boosting)
+    init_from=None, coarse_boost_classes="",   # no --snapshot, no --coarse_boost_classes unless passed
+    no_aux=False,                              # --aux_loss (all but the Mapillary pretraining)
+    dataset="cityscapes", train_split="train", ckpt_every=2000,
+    val_every="epoch",                         # train.py validates after every epoch (and keeps the best)
     synthetic_size=(128, 256), synthetic_train=2000, synthetic_val=100,
 )
 # The official code loads its deep-stem ResNet-101 ImageNet weights from this file
@@ -51,6 +57,7 @@ PRESETS: dict[str, dict] = {
         hanet_dropout=0.1, lr=0.01, hanet_lr=0.01, poly_power=0.9, hanet_poly_power=0.9, weight_decay=5e-4,
         hanet_weight_decay=1e-4, momentum=0.9, aux_weight=0.4, scale_min=0.5, scale_max=2.0, color_jitter=0.25,
         blur=1.0, sync_bn=True, cls_wt_loss=False, img_wt_loss=False,  # official --gblur: every sample
+        init_from=None, coarse_boost_classes="", max_cu_epoch=10000, no_aux=False,
     ),
     "train_r101_os8_hanet": dict(
         _OFFICIAL_SCRIPT, backbone="resnet101_deepstem", output_stride=8, pretrained_backbone=_R101_IMAGENET,
@@ -69,24 +76,34 @@ PRESETS: dict[str, dict] = {
         _OFFICIAL_SCRIPT, backbone="mobilenet_v2", output_stride=16, pretrained_backbone="imagenet",
         crop_size=(768, 768), iters=40000, batch_size=8, hanet_reduction=16, hanet_pos_noise=0.3,
     ),
-    # Starts from the official Mapillary-pretrained snapshot (--snapshot; only its trunk is loaded
-    # here) and does not reproduce --coarse_boost_classes (see docs/fidelity/recipes.md).
+    # Mapillary Vistas pretraining of the network Table 6 fine-tunes: no HANet (--hanet 0 0 0 0 0),
+    # no --aux_loss, --img_wt_loss, torchvision's ImageNet ResNeXt-101 trunk.
+    "train_resnext_pretrain": dict(
+        _OFFICIAL_SCRIPT, dataset="mapillary", backbone="resnext101_32x8d", output_stride=8,
+        pretrained_backbone="imagenet", crop_size=(864, 864), iters=200000, batch_size=2, hanet_layers="0,0,0,0,0",
+        hanet_reduction=64, hanet_pos_noise=0.5, no_aux=True, img_wt_loss=True,
+    ),
+    # The whole network from the Mapillary snapshot (--snapshot: --init-from, every tensor whose
+    # name and shape match), with coarse boosting of 7 classes (--coarse_boost_classes).
     "train_resnext_fr_pretrain": dict(
         _OFFICIAL_SCRIPT, train_split="trainval", backbone="resnext101_32x8d", output_stride=8,
-        pretrained_backbone="pretrained/resnext_mapillary_0.47475.pth", crop_size=(864, 864), iters=90000,
-        batch_size=2, hanet_reduction=64, hanet_pos_noise=0.5, cls_wt_loss=True,
+        pretrained_backbone="none", init_from="pretrained/resnext_mapillary_0.47475.pth", crop_size=(864, 864),
+        iters=90000, batch_size=2, hanet_reduction=64, hanet_pos_noise=0.5, cls_wt_loss=True,
+        coarse_boost_classes="14,15,16,3,12,17,4",
     ),
 }
 # BDD100K (paper §4.3): crop 608, total batch 16, 60k iterations; no official script.
+# The official tile (1024) fits no 720-row BDD100K image: their tile is BDD100K_CLASS_UNIFORM_TILE.
 PRESETS["bdd100k-r101-os16"] = dict(PRESETS["train_r101_os16_hanet"], dataset="bdd100k", crop_size=(608, 608),
-                                    iters=60000, batch_size=8)
+                                    iters=60000, batch_size=8, class_uniform_tile=BDD100K_CLASS_UNIFORM_TILE)
 PRESETS["bdd100k-mobilenet-os16"] = dict(PRESETS["train_m_os16_hanet"], dataset="bdd100k", crop_size=(608, 608),
-                                         iters=60000, batch_size=16)
+                                         iters=60000, batch_size=16, class_uniform_tile=BDD100K_CLASS_UNIFORM_TILE)
 
 #: Processes (GPUs, ``torchrun --nproc_per_node``) each preset's total batch assumes: the
 #: official script's ``--nproc_per_node``.
 PRESET_PROCESSES = {"synthetic-mobilenet": 1, "train_r101_os8_hanet": 2, "train_r101_os8_hanet_best": 4,
-                    "train_r101_os16_hanet": 2, "train_m_os16_hanet": 1, "train_resnext_fr_pretrain": 6,
+                    "train_r101_os16_hanet": 2, "train_m_os16_hanet": 1, "train_resnext_pretrain": 6,
+                    "train_resnext_fr_pretrain": 6,
                     "bdd100k-r101-os16": 2, "bdd100k-mobilenet-os16": 1}
 
 DEFAULT_PRESET = "synthetic-mobilenet"

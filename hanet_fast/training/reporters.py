@@ -10,7 +10,6 @@ import warnings
 
 import torch
 
-from hanet_fast.data import CLASS_NAMES
 from hanet_fast.models import HANET_LAYERS
 from hanet_fast.ops import resolve_backend
 from hanet_fast.training.hooks import Hook, StepResult
@@ -92,7 +91,7 @@ class ConsoleReporter(Hook):
             cfg = trainer.config
             split = "val" if cfg.dataset == "synthetic" else cfg.val_split
             _say(f"\nValidation ({cfg.dataset} {split}, {result.images} images) after {result.iteration} iterations:")
-            _say(format_table(result.ious, result.miou, result.pixel_acc))
+            _say(format_table(result.ious, result.miou, result.pixel_acc, trainer.labels.class_names))
             return
         msg = f"iteration {result.iteration}: val mIoU {100 * result.miou:.2f}%"
         self.bar.write(msg) if self.bar is not None else _say(msg)
@@ -158,7 +157,7 @@ class TensorBoardReporter(Hook):
         self.writer.add_scalar("val/mIoU", result.miou, result.iteration)
         self.writer.add_scalar("val/pixel_acc", result.pixel_acc, result.iteration)
         if result.final:
-            for name, v in zip(CLASS_NAMES, result.ious):
+            for name, v in zip(trainer.labels.class_names, result.ious):
                 if not math.isnan(v):
                     self.writer.add_scalar(f"val_iou/{name}", v, result.iteration)
 

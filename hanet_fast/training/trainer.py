@@ -29,13 +29,14 @@ import torch.nn as nn
 
 from hanet_fast import _io
 from hanet_fast._cli import compile_model
-from hanet_fast.data import CLASS_NAMES
 from hanet_fast.inference import amp_context
 from hanet_fast.models import convert_sync_batchnorm
 from hanet_fast.training import checkpoint as ckpt_io
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.data import build_datasets, class_statistics, train_loader
+from hanet_fast.training.best import BestCheckpoint
 from hanet_fast.training.errors import RunError
+from hanet_fast.training.init_from import init_from
 from hanet_fast.training.hooks import Hook, StepResult
 from hanet_fast.training.losses import segmentation_loss
 from hanet_fast.training.model import build_model, build_optimization
@@ -78,6 +79,8 @@ class Trainer:
         self.out: str | None = None
         #: ``(path, iteration)`` of the newest checkpoint of this run (None before the first one).
         self.last_checkpoint: tuple[str, int] | None = None
+        #: ``{"iteration", "mIoU"}`` of the best validation so far (``best.pt``; None before one).
+        self.best: dict | None = None
         self._claim = None
 
     # ------------------------------------------------------------------ the run
@@ -141,11 +144,18 @@ class Trainer:
         """Data sets, network, optimiser, schedule, scaler (restored from ``state`` on resume), DDP."""
         cfg, process = self.config, self.process
         torch.manual_seed(cfg.seed)
-        self.train_set, self.val_set = build_datasets(cfg)
         try:
-            model = build_model(cfg).to(self.device)
+            self.train_set, self.val_set = build_datasets(cfg)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        #: the classes of the run (names and colours), stored in every checkpoint
+        self.labels = self.train_set.labels
+        try:
+            model = build_model(cfg, self.train_set.labels.num_classes).to(self.device)
         except (ValueError, FileNotFoundError) as e:  # an unknown backbone, a missing weights file
             raise RunError(str(e)) from None
+        if cfg.init_from and state is None:  # a resume restores the whole run instead
+            self._init_from(model)
         if process.world > 1:  # same initial weights everywhere, then a different dropout / jitter stream per rank
             torch.manual_seed(cfg.seed + 1000003 * process.rank)
         if cfg.channels_last:
@@ -160,7 +170,18 @@ class Trainer:
         self.stop = min(cfg.iters, cfg.stop_after) if cfg.stop_after else cfg.iters
         self.model = self._distributed(model)
         self.net = unwrap(self.model)
-        self.hooks = (default_hooks(cfg.no_progress) if self.reporters and process.main else []) + self.extra_hooks
+        self.hooks = ((default_hooks(cfg.no_progress) if self.reporters and process.main else []) + [BestCheckpoint()]
+                      + self.extra_hooks)
+
+    def _init_from(self, model: nn.Module) -> None:
+        """``--init-from``: every tensor whose name and shape match (the same on every rank: each
+        process reads the file); rank 0 prints which ones kept their initialisation."""
+        try:
+            report = init_from(model, self.config.init_from)
+        except (ValueError, FileNotFoundError) as e:
+            raise RunError(f"--init-from: {str(e).removeprefix('hanet_fast.training: ')}") from None
+        if self.process.main:
+            print(f"hanet_fast.train: {report.summary()}", file=sys.stderr)
 
     def _distributed(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel under torchrun (SyncBatchNorm on GPUs with ``sync_bn``)."""
@@ -176,7 +197,7 @@ class Trainer:
     def _prepare_run(self) -> None:
         """Class statistics, then (with the settings, checkpoint and data checked) the run folder, then the loader."""
         cfg, process = self.config, self.process
-        centroids = class_statistics(cfg, self.train_set, process)
+        data = class_statistics(cfg, self.train_set, process)
         if process.main:
             continuing = self.resumed and os.path.exists(cfg.out) and os.path.samefile(cfg.out,
                                                                                         run_folder_of(cfg.resume))
@@ -187,7 +208,7 @@ class Trainer:
             dist.broadcast_object_list(holder, src=0)
             cfg.out = holder[0]
         self.out = cfg.out
-        self.loader = train_loader(cfg, self.train_set, centroids, self.start, process, self.device)
+        self.loader = train_loader(cfg, data, self.start, process, self.device)
 
     def _train_loop(self) -> None:
         cfg = self.config
@@ -201,9 +222,19 @@ class Trainer:
             it = step.iteration
             if cfg.ckpt_every and it % cfg.ckpt_every == 0 and it < self.stop:
                 self.save_checkpoint()
-            if cfg.val_every and it % cfg.val_every == 0 and it < cfg.iters:
+            if self._validation_due(it) and it < cfg.iters:
                 self.validate()
         self._call("after_loop")
+
+    def _validation_due(self, it: int) -> bool:
+        """``--val-every``: after every N iterations, or (``epoch``) after the iteration that
+        completes an epoch of the sampler (the official trainer validates after each epoch)."""
+        every = self.config.val_every
+        if every == "epoch":
+            sampler = self.loader.batch_sampler
+            step = sampler.batch_size * sampler.world_size
+            return sampler.locate(it * step)[0] > sampler.locate((it - 1) * step)[0]
+        return bool(every) and it % every == 0
 
     def _finish(self) -> dict:
         """The final checkpoint; when all iterations are done, the final validation and ``metrics.json``."""
@@ -214,8 +245,10 @@ class Trainer:
             res = self.validate(final=True)
             if self.process.main:
                 metrics = {"iteration": res.iteration, "mIoU": res.miou, "pixel_acc": res.pixel_acc,
-                           "iou": {n: (None if math.isnan(v) else v) for n, v in zip(CLASS_NAMES, res.ious)},
-                           "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device)}
+                           "iou": {n: (None if math.isnan(v) else v)
+                                   for n, v in zip(self.labels.class_names, res.ious)},
+                           "train_seconds": train_time, "world_size": self.process.world, "device": str(self.device),
+                           "best": self.best}
                 _io.write_json(os.path.join(self.out, "metrics.json"), metrics, indent=1)
         self._call("after_train", metrics)
         return metrics
@@ -262,10 +295,12 @@ class Trainer:
         self._call("after_validation", result)
         return result
 
-    def save_checkpoint(self, path: str | None = None) -> None:
+    def save_checkpoint(self, path: str | None = None, latest: bool = True) -> None:
         """Write the checkpoint (default ``<run folder>/checkpoint.pt``) that a resume continues
-        exactly from: model, optimiser, schedule, scaler, every rank's RNG states, the settings.
-        Every process takes part; rank 0 writes (atomically).
+        exactly from: model, optimiser, schedule, scaler, every rank's RNG states, the settings,
+        the classes, the best validation so far. Every process takes part; rank 0 writes
+        (atomically). ``latest``: it is the run's newest checkpoint (what a Ctrl-C names;
+        ``best.pt`` is not).""
 
         Raises:
             RunError: the weights hold NaN or Inf (the run diverged; nothing is written), or the
@@ -290,12 +325,13 @@ class Trainer:
                 "rng": states[0], "rng_per_rank": states, "args": self.config.to_dict(),
                 "model_config": json.loads(json.dumps(dataclasses.asdict(self.net.config))),
                 "threads": torch.get_num_threads(), "train_seconds": self.seconds_before + time.time() - self.t0,
-                "train_images": len(self.train_set),
+                "train_images": len(self.train_set), "labels": self.labels.to_dict(), "best": self.best,
             }, path)
         except ckpt_io.CheckpointError as e:
             raise RunError(str(e), status=1) from None
-        self.last_checkpoint = (path, self.iteration)
-        self._call("after_checkpoint", path)
+        if latest:
+            self.last_checkpoint = (path, self.iteration)
+            self._call("after_checkpoint", path)
 
     def _diverged(self, what: str) -> RunError:
         cfg = self.config

@@ -13,14 +13,17 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hanet_fast import evaluation
-from hanet_fast.data import NUM_CLASSES
 from hanet_fast.inference import amp_context
 from hanet_fast.training.config import TrainConfig
 from hanet_fast.training.metrics import iou_from_confusion
 from hanet_fast.training.runtime import Process
 from hanet_fast.training.visualize import attention_figure, prediction_grid, save_png
 
-__all__ = ["ValidationResult", "validation_size", "validate", "write_figures", "unwrap"]
+#: The validation batch per process when ``--val-batch-size`` is 0: images of one size batch
+#: (synthetic scenes; Mapillary's 1536 x 1536 crops, 4 as the official trainer), others go one by one.
+VAL_BATCH_SIZES = {"synthetic": 8, "mapillary": 4}
+
+__all__ = ["VAL_BATCH_SIZES", "ValidationResult", "validation_size", "validate", "write_figures", "unwrap"]
 
 
 @dataclasses.dataclass
@@ -56,14 +59,14 @@ def validate(model: nn.Module, dataset, device: torch.device, cfg: TrainConfig, 
     was_training = net.training
     net.eval()
     indices = list(range(process.rank, validation_size(cfg, dataset), process.world))
-    batch_size = cfg.val_batch_size or (8 if cfg.dataset == "synthetic" else 1)
+    batch_size = cfg.val_batch_size or VAL_BATCH_SIZES.get(cfg.dataset, 1)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=cfg.workers, generator=torch.Generator())
     if indices:
         conf = evaluation.accumulate_confusion(net, loader, device, amp=cfg.amp, channels_last=cfg.channels_last,
                                                on_batch=on_batch)[0]
     else:  # more processes than validation images
-        conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+        conf = torch.zeros(net.num_classes, net.num_classes, dtype=torch.int64)
     if process.world > 1:
         conf = conf.to(device)
         dist.all_reduce(conf)
@@ -92,7 +95,7 @@ def write_figures(model: nn.Module, dataset, device: torch.device, cfg: TrainCon
         if res.attention and not attention_figure(sample["image"], {n: a[0] for n, a in res.attention.items()},
                                                   os.path.join(out, "attention.png")):
             warnings.warn("hanet_fast.train: matplotlib is not installed: no attention.png")
-    grid = prediction_grid(images, masks, preds)
+    grid = prediction_grid(images, masks, preds, dataset.labels)
     save_png(grid, os.path.join(out, "predictions.png"))
     net.train(was_training)
     return grid

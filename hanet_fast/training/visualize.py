@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from hanet_fast.data.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, colorize
+from hanet_fast.data.labels import CITYSCAPES_LABELS, LabelSet
 from hanet_fast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["denormalize", "prediction_grid", "overlay", "save_png", "pyplot", "seriate_channels",
@@ -47,40 +47,42 @@ def _titles(widths: list[int]) -> np.ndarray:
     return np.asarray(strip)
 
 
-def class_legend(width: int) -> np.ndarray:
-    """The 19 classes as colour swatches with their names, wrapped to ``width`` pixels."""
+def class_legend(width: int, labels: LabelSet = CITYSCAPES_LABELS) -> np.ndarray:
+    """The classes of ``labels`` as colour swatches with their names, wrapped to ``width`` pixels."""
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    cell = int(max(probe.textlength(name, font=font) for name in CLASS_NAMES)) + _SWATCH + 12
+    cell = int(max(probe.textlength(name, font=font) for name in labels.class_names)) + _SWATCH + 12
     per_line = max(1, width // cell)
-    strip, draw = _text_strip(width, -(-NUM_CLASSES // per_line))
-    for k, name in enumerate(CLASS_NAMES):
+    strip, draw = _text_strip(width, -(-labels.num_classes // per_line))
+    for k, name in enumerate(labels.class_names):
         x, y = (k % per_line) * cell + 4, (k // per_line) * _TEXT_ROW + 2
-        draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=tuple(int(v) for v in PALETTE[k]),
+        draw.rectangle((x, y + 1, x + _SWATCH - 1, y + _SWATCH), fill=tuple(int(v) for v in labels.palette[k]),
                        outline=(0, 0, 0))
         draw.text((x + _SWATCH + 4, y), name, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
 
 
-def prediction_grid(images, masks, preds) -> np.ndarray:
-    """Rows of ``image | ground truth | prediction`` under column titles, above a class legend,
-    as one uint8 ``[H, W, 3]`` array."""
+def prediction_grid(images, masks, preds, labels: LabelSet = CITYSCAPES_LABELS) -> np.ndarray:
+    """Rows of ``image | ground truth | prediction`` (in the colours of ``labels``) under column
+    titles, above a class legend, as one uint8 ``[H, W, 3]`` array."""
     rows = []
     for img, m, p in zip(images, masks, preds):
-        rows.append(np.concatenate([denormalize(img), colorize(m.cpu().numpy()), colorize(p.cpu().numpy())], 1))
+        rows.append(np.concatenate([denormalize(img), labels.colorize(m.cpu().numpy()),
+                                    labels.colorize(p.cpu().numpy())], 1))
     grid = np.concatenate(rows, 0)
     widths = [denormalize(images[0]).shape[1], masks[0].shape[-1], preds[0].shape[-1]] if rows else [0, 0, 0]
-    return np.concatenate([_titles(widths), grid, class_legend(grid.shape[1])], 0)
+    return np.concatenate([_titles(widths), grid, class_legend(grid.shape[1], labels)], 0)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the Cityscapes colours of ``mask`` (``[H, W]`` trainIds) over ``image`` (``[H, W, 3]``
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
+            labels: LabelSet = CITYSCAPES_LABELS) -> np.ndarray:
+    """Blend the colours (of ``labels``) of ``mask`` (``[H, W]`` trainIds) over ``image`` (``[H, W, 3]``
     uint8): ``(1 - alpha) * image + alpha * colours``; ignore pixels keep the image."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
-    colours = colorize(mask).astype(np.float32)
+    colours = labels.colorize(mask).astype(np.float32)
     blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    keep = np.asarray(mask) >= NUM_CLASSES
+    keep = np.asarray(mask) >= labels.num_classes
     blend[keep] = image[keep]
     return blend.round().clip(0, 255).astype(np.uint8)
 
