@@ -2,6 +2,7 @@
 """Every README figure that comes from the default training run, regenerated from one run.
 
     python scripts/readme_figures.py [--run DIR]   # regenerate the outputs, then rewrite the README
+    python scripts/readme_figures.py --no-run      # rewrite the README from the recorded outputs only
     python scripts/readme_figures.py --check       # exit 1 if the README differs from the recorded outputs
 
 The first form runs ``scripts/readme_examples.sh`` with ``RUN=DIR``: it trains the default run
@@ -12,6 +13,7 @@ blocks (``<!-- readme:NAME -->`` ... ``<!-- /readme:NAME -->``) from those files
 newest baseline-vs-HANet comparison under ``benchmarks/results/`` (the seed spread):
 
     default-run   the default run's single-scale mIoU and pixel accuracy, and the seed spread
+    comparison    the baseline-vs-HANet table (seeds 0-2) of that comparison
     evaluate      docs/evaluate_synthetic.txt (multi-scale + flip evaluation of the run)
     analyze       docs/analyze_synthetic.txt (Table 1 of the built-in data)
 
@@ -40,6 +42,8 @@ EVALUATE_TXT = os.path.join(ROOT, "docs", "evaluate_synthetic.txt")
 ANALYZE_TXT = os.path.join(ROOT, "docs", "analyze_synthetic.txt")
 COMPARISONS = os.path.join(ROOT, "benchmarks", "results", "cpu-baseline-vs-hanet-*", "results.md")
 HANET_ROW = re.compile(r"^\| \+ HANet \|(?P<seeds>.*)\| (?P<mean>[\d.]+) ± (?P<std>[\d.]+) \|$", re.M)
+BASELINE_ROW = re.compile(r"^\| baseline \|(?P<cells>.*\|)$", re.M)
+COMPARISON_COMMIT = re.compile(r"^- code: commit (?P<commit>[0-9a-f]+)", re.M)
 
 
 def _read(path: str) -> str:
@@ -47,31 +51,40 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def seed_spread() -> tuple[str, str]:
-    """(``"mean ± std (seeds a, b, c)"`` of the + HANet runs, the comparison's results.md path
-    relative to the repository) from the newest baseline-vs-HANet comparison."""
+def comparison() -> dict[str, str]:
+    """The newest baseline-vs-HANet comparison: its results.md path relative to the repository
+    (``path``), the commit it measured (``commit``), the + HANet seed spread (``spread``) and the
+    README's table of both variants (``table``)."""
     paths = sorted(glob.glob(COMPARISONS))
     if not paths:
         raise SystemExit(f"readme_figures: no comparison at {COMPARISONS}; run scripts/baseline_vs_hanet.py")
-    match = HANET_ROW.search(_read(paths[-1]))
-    if match is None:
-        raise SystemExit(f"readme_figures: {paths[-1]} has no '| + HANet | ... |' row")
-    seeds = ", ".join(s.strip() for s in match["seeds"].split("|"))
-    return f"{match['mean']} ± {match['std']} % (seeds 0-2: {seeds})", os.path.relpath(paths[-1], ROOT)
+    text = _read(paths[-1])
+    hanet, baseline, commit = HANET_ROW.search(text), BASELINE_ROW.search(text), COMPARISON_COMMIT.search(text)
+    if hanet is None or baseline is None or commit is None:
+        raise SystemExit(f"readme_figures: {paths[-1]} lacks its '- code: commit', baseline or + HANet line")
+    seeds = ", ".join(s.strip() for s in hanet["seeds"].split("|"))
+    table = ("| synthetic val mIoU (%) | seed 0 | seed 1 | seed 2 | mean ± std |\n|---|---|---|---|---|\n"
+             f"| DeepLabv3+ MobileNetV2 |{baseline['cells']}\n{hanet.group(0).replace('| + HANet |', '| + HANet |')}")
+    return {"path": os.path.relpath(paths[-1], ROOT), "commit": commit["commit"],
+            "spread": f"{hanet['mean']} ± {hanet['std']} % (seeds 0-2: {seeds})", "table": table}
 
 
 def render_blocks() -> dict[str, str]:
     """The README's marked blocks, from the recorded files."""
     run = json.loads(_read(DEFAULT_RUN_JSON))
-    spread, comparison = seed_spread()
+    seeds = comparison()
+    same_code = ("the same code" if run["commit"].startswith(seeds["commit"]) or seeds["commit"].startswith(run["commit"])
+                 else f"commit {seeds['commit']}, earlier code than this run's, so the two figures are not from the "
+                      "same network code")
     default_run = (
         f"The default run (`python -m hanet_fast.train`, seed 0, commit {run['commit']}) ended at "
         f"{100 * run['mIoU']:.2f} % mIoU and {100 * run['pixel_acc']:.2f} % pixel accuracy on the synthetic "
         f"validation scenes after {run['iteration']} iterations. The mIoU varies by seed: the same recipe gave "
-        f"{spread} in the [baseline-vs-HANet comparison]({comparison}), measured at the commit that file names."
+        f"{seeds['spread']} in the [baseline-vs-HANet comparison]({seeds['path']}), measured at {same_code}."
     )
     return {
         "default-run": default_run,
+        "comparison": seeds["table"],
         "evaluate": "```\n" + _read(EVALUATE_TXT).rstrip("\n") + "\n```",
         "analyze": "```\n" + _read(ANALYZE_TXT).rstrip("\n") + "\n```",
     }
@@ -88,12 +101,13 @@ def apply_blocks(text: str, blocks: dict[str, str]) -> str:
 
 
 def regenerate(run: str) -> None:
-    """Run scripts/readme_examples.sh on ``run`` and record the run's final metrics."""
+    """Run scripts/readme_examples.sh on ``run`` and record the run's final metrics (with the
+    commit checked out when it started)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip()
     env = dict(os.environ, RUN=os.path.abspath(run))
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "readme_examples.sh")], cwd=ROOT, env=env, check=True)
     metrics = json.loads(_read(os.path.join(run, "metrics.json")))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
     write_json(DEFAULT_RUN_JSON, {"mIoU": metrics["mIoU"], "pixel_acc": metrics["pixel_acc"],
                                   "iteration": metrics["iteration"], "commit": commit}, overwrite=True)
 
@@ -103,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--run", default="/tmp/hanet_default_run",
                    help="the default run's folder (trained there when it has no checkpoint; default %(default)s)")
+    p.add_argument("--no-run", action="store_true", help="rewrite the README from the recorded outputs, without a run")
     p.add_argument("--check", action="store_true", help="only compare the README with the recorded outputs")
     args = p.parse_args(argv)
-    if not args.check:
+    if not (args.check or args.no_run):
         regenerate(args.run)
     text = _read(README)
     new = apply_blocks(text, render_blocks())
