@@ -24,11 +24,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # run as a script: use this checkout's hanet_fast
+
+from hanet_fast._io import write_json, write_text  # noqa: E402
 
 README = os.path.join(REPO_ROOT, "README.md")
 BEGIN, END = "<!-- timm-table:begin -->", "<!-- timm-table:end -->"
@@ -88,6 +89,11 @@ def render(table: dict) -> str:
         (p0, p1), (g0, g1) = c["params"], c["gmacs"]
         lines.append(f"| timm:{backbone} | {table['output_stride']} | {p0 / 1e6:.2f}M | {p1 / 1e6:.2f}M "
                      f"| {100 * c['hanet_params'] / p1:.1f} % | {g0:.2f} | {g1:.2f} | {100 * (g1 - g0) / g1:.3f} % |")
+    if "commit" in table:
+        runs = 2 * len(seeds) * len(table["backbones"])
+        lines += ["", f"Measured at commit {table['commit']} on {table['machine']['description']}, timm "
+                      f"{table['machine']['timm']}: {runs} runs in {table['machine']['wall_seconds']} s; mean ± sample "
+                      f"std over seeds. Compute is counted at 1×3×{COST_SIZE[0]}×{COST_SIZE[1]}."]
     return "\n".join(lines)
 
 
@@ -120,10 +126,7 @@ def _write_readme(json_path: str) -> None:
     with open(README, encoding="utf-8") as f:
         text = f.read()
     start, end = _section_bounds(text)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(README), prefix=".README.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text[:start] + block + text[end:])
-    os.replace(tmp, README)
+    write_text(README, text[:start] + block + text[end:], overwrite=True)
     print(f"rewrote the timm section of {README} from {source}")
 
 
@@ -150,11 +153,12 @@ def _measure(args: argparse.Namespace, seeds: list[int], extra: list[str]) -> st
     import timm
     import torch
 
-    table["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                        "timm": timm.__version__, "wall_seconds": round(time.time() - t0)}
+    first = next(iter(table["backbones"].values()))
+    table["commit"] = first["commit"]  # recorded by baseline_vs_hanet.py before its runs
+    table["machine"] = {"description": first["machine"], "platform": platform.platform(), "cpus": os.cpu_count(),
+                        "torch": torch.__version__, "timm": timm.__version__, "wall_seconds": round(time.time() - t0)}
     path = os.path.join(args.out, JSON_NAME)
-    with open(path, "x") as f:
-        json.dump(table, f, indent=1)
+    write_json(path, table, overwrite=False, indent=1)
     print(f"\nwrote {path}\n\n{render(table)}")
     return path
 
