@@ -531,6 +531,34 @@ def test_row_pos():
         model(images, torch.zeros(2, 128, dtype=torch.long))
 
 
+def test_the_model_checks_row_pos_values_once_not_in_every_layer(monkeypatch):
+    """Checking values reads back to the host (a GPU sync): model(x) builds valid positions and
+    checks none; an explicit row_pos is checked once, before the five layers; a bad one still
+    raises ValueError naming row_pos."""
+    import hanet_fast.models.deeplab as deeplab
+    import hanet_fast.nn.hanet as hanet_module
+
+    calls = []
+    for module in (deeplab, hanet_module):
+        real = module.check_row_pos
+        monkeypatch.setattr(module, "check_row_pos", lambda pos, where, real=real: calls.append(where) or real(pos, where))
+    model = _small(hanet_layers=(1, 1, 1, 1, 1)).eval()
+    images = torch.randn(2, 3, 72, 24)
+    with torch.no_grad():
+        model(images)
+        assert calls == []
+        model(images, _row_pos(2, 72, top=10, full=300), return_attention=True)
+        assert calls == ["hanet_fast.models"]
+        bad = _row_pos(2, 72)
+        bad[1, 5] = float("nan")
+        with pytest.raises(ValueError, match="row_pos must hold"):
+            model(images, bad)
+    layer = model.hanet1  # called alone, a layer still checks its values
+    x_low, x_high = torch.randn(2, layer.in_channels, 9, 3), torch.randn(2, layer.out_channels, 9, 3)
+    with pytest.raises(ValueError, match="row_pos must hold"):
+        layer(x_low, x_high, bad)
+
+
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_no_row_pos_is_exactly_the_full_image_positions_at_every_height(output_stride):
     """model(x) == model(x, arange(H) / H) bit for bit, also for heights that are not multiples

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, backbone_spec, build_trunk
 from hanet_fast.models.timm_backbone import build_timm_trunk
-from hanet_fast.nn import HANet, full_image_row_pos
+from hanet_fast.nn import HANet, check_row_pos, full_image_row_pos
 
 __all__ = [
     "HANET_LAYERS",
@@ -338,7 +338,9 @@ class DeepLabV3PlusHANet(nn.Module):
             )
         if not row_pos.is_floating_point():
             raise TypeError(f"hanet_fast.models: row_pos must be floating point, got {row_pos.dtype}")
-        return row_pos.float()
+        row_pos = row_pos.float()
+        check_row_pos(row_pos, "hanet_fast.models")  # once here, so the layers skip it: one host read-back
+        return row_pos
 
     def forward(
         self,
@@ -380,8 +382,8 @@ class DeepLabV3PlusHANet(nn.Module):
             module = getattr(self, f"hanet{k}")
             pos = row_pos if module.pos_encoding is not None else None
             if attention is None:
-                return module(x_low, x_high, pos)
-            out, attn = module(x_low, x_high, pos, return_attention=True)
+                return module(x_low, x_high, pos, row_pos_checked=True)
+            out, attn = module(x_low, x_high, pos, return_attention=True, row_pos_checked=True)
             attention[HANET_LAYERS[k]] = attn
             return out
 

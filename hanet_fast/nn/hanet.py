@@ -145,7 +145,8 @@ class HANet(nn.Module):
         if self.pos_encoding is not None:
             self.pos_encoding.reset_parameters()
 
-    def _check_inputs(self, x_low: torch.Tensor, x_high: torch.Tensor, row_pos: torch.Tensor | None) -> None:
+    def _check_inputs(self, x_low: torch.Tensor, x_high: torch.Tensor, row_pos: torch.Tensor | None,
+                      check_values: bool) -> None:
         for name, x, channels, what in (
             ("x_low", x_low, self.in_channels, "in_channels"),
             ("x_high", x_high, self.out_channels, "out_channels"),
@@ -183,7 +184,8 @@ class HANet(nn.Module):
                 )
             if row_pos.device != x_low.device:
                 raise ValueError(f"hanet_fast.nn.HANet: row_pos is on {row_pos.device} but x_low is on {x_low.device}")
-            check_row_pos(row_pos, "hanet_fast.nn.HANet")
+            if check_values:
+                check_row_pos(row_pos, "hanet_fast.nn.HANet")
 
     def attention(self, x_low: torch.Tensor, row_pos: torch.Tensor | None = None) -> torch.Tensor:
         """The coarse attention ``sigmoid(a)``: ``[B, out_channels, rows]`` (inputs not checked).
@@ -210,6 +212,8 @@ class HANet(nn.Module):
         x_high: torch.Tensor,
         row_pos: torch.Tensor | None = None,
         return_attention: bool = False,
+        *,
+        row_pos_checked: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Gate ``x_high`` with the height-driven attention computed from ``x_low``.
 
@@ -230,13 +234,17 @@ class HANet(nn.Module):
                 Only used with a positional encoding. NaN, negative or other values above 1
                 raise ``ValueError``.
             return_attention: also return the coarse attention.
+            row_pos_checked: the caller has already checked ``row_pos``'s values (as
+                :class:`~hanet_fast.models.DeepLabV3PlusHANet` does once for all its layers),
+                so this layer skips the check and its read-back to the host. Shapes, dtype and
+                device are checked either way.
 
         Returns:
             The gated ``x_high`` (in ``x_high``'s dtype and memory format), or
             ``(gated, attn)`` with ``attn`` the coarse attention ``[B, out_channels, rows]``
             when ``return_attention`` is True.
         """
-        self._check_inputs(x_low, x_high, row_pos)
+        self._check_inputs(x_low, x_high, row_pos, check_values=not row_pos_checked)
         attn = self.attention(x_low, row_pos)
         out = height_gate(x_high, attn.to(x_high.dtype), backend=self.backend)
         if return_attention:
