@@ -14,6 +14,7 @@ import torch
 from PIL import ExifTags, Image
 
 from hanet_fast._io import folder_problem
+from hanet_fast._messages import one_line
 from hanet_fast.data import DatasetError
 
 __all__ = ["HelpFormatter", "size_arg", "resolve_device", "scales_arg", "parse_args", "error_exit", "check_outputs",
@@ -142,14 +143,7 @@ def error_exit(parser: argparse.ArgumentParser, err: BaseException | str) -> NoR
     An exception re-raised by a DataLoader worker carries the worker's traceback in its message:
     only the original exception's own line is kept. Multi-line messages (e.g. lists of
     mismatching checkpoint keys) are joined with ``; `` so that the error stays one line."""
-    text = str(err)
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        # "package.module.SomeError: message" -> "message"
-        head, sep, rest = last.partition(": ")
-        text = rest if sep and "." in head and " " not in head else last
-    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
-    parser.exit(2, f"{parser.prog}: error: {text}\n")
+    parser.exit(2, f"{parser.prog}: error: {one_line(err)}\n")
 
 
 def _is_within(path: str, folder: str) -> bool:

@@ -28,6 +28,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from hanet_fast._messages import one_line
 from hanet_fast.models import (DeepLabConfig, DeepLabV3PlusHANet, HANetConfig, OfficialCheckpointError,
                                load_official_checkpoint)
 from hanet_fast.training import checkpoint as ckpt_io
@@ -71,11 +72,6 @@ _READ_ERRORS = (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexErro
                 pickle.UnpicklingError)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
-
-
 def _read_checkpoint(path: str) -> object | None:
     """The object in a checkpoint file, or None for a file that only the official loader can
     read (it allows the numpy scalars of official snapshots). CheckpointError for anything
@@ -92,10 +88,10 @@ def _read_checkpoint(path: str) -> object | None:
         if "Unsupported global" in str(err):
             return None
         raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: corrupt "
-                              f"({_one_line(err)})") from err
+                              f"({one_line(err, 200, with_type=True)})") from err
     except _READ_ERRORS as err:
         raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
-                              f"({_one_line(err)})") from err
+                              f"({one_line(err, 200, with_type=True)})") from err
 
 
 def _config_from_dict(cfg: dict) -> DeepLabConfig:
@@ -184,7 +180,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
             config = _config_from_dict(obj["model_config"])
         except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise CheckpointError(f"hanet_fast.inference: the checkpoint {path} has an invalid model_config "
-                                  f"({_one_line(err)})") from err
+                                  f"({one_line(err, 200, with_type=True)})") from err
         _check_iteration(obj.get("iteration"), path)
         if backbone is not None and backbone != config.backbone:
             raise ValueError(f"hanet_fast.inference: backbone={backbone!r} but the checkpoint {path} was trained "
@@ -196,7 +192,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
             model.load_state_dict(obj["model"])
         except RuntimeError as err:
             raise CheckpointError(f"hanet_fast.inference: the weights in {path} do not fit its model_config "
-                                  f"({_one_line(err)})") from err
+                                  f"({one_line(err, 200, with_type=True)})") from err
         info = {"source": "hanet_fast", "config": config, "train_args": dict(obj.get("args") or {}),
                 "iteration": obj.get("iteration"), "path": path, "labels": obj.get("labels")}
     else:
@@ -212,7 +208,7 @@ def load_model(checkpoint: str | os.PathLike, *, device: str | torch.device = "c
                                           ) from err
         except tuple(e for e in _READ_ERRORS if e is not ValueError) as err:
             raise CheckpointError(f"hanet_fast.inference: cannot read the checkpoint {path}: truncated or corrupt "
-                                  f"({_one_line(err)})") from err
+                                  f"({one_line(err, 200, with_type=True)})") from err
         info = {"source": "official", "config": model.config, "train_args": {}, "iteration": None, "path": path,
                 "labels": None}
     _warn_non_finite(model, path)

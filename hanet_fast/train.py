@@ -54,6 +54,7 @@ import argparse
 import sys
 
 from hanet_fast._cli import HelpFormatter, add_compile_arg, size_arg
+from hanet_fast._messages import one_line
 from hanet_fast.data import DatasetError
 from hanet_fast.training.config import AMP_CHOICES, DATASET_NAMES, OUTPUT_STRIDES, ConfigError, TrainConfig
 from hanet_fast.training.errors import RunError
@@ -239,15 +240,6 @@ def given_settings(argv=None) -> set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def _error_text(e: BaseException) -> str:
-    """The message of ``e`` in one line; for an error raised in a DataLoader worker, which arrives
-    with the worker's traceback in its message, the worker's own message."""
-    text = str(e).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(f"{type(e).__name__}: ", 1)[-1]
-    return " ".join(text.split())
-
-
 def _interrupted(trainer: Trainer) -> str:
     """What a Ctrl-C leaves: the checkpoint to ``--resume`` from, if the run wrote one."""
     if trainer.last_checkpoint is None:
@@ -264,7 +256,7 @@ def main(argv=None) -> int:
     try:
         trainer.fit()
     except (RunError, DatasetError) as e:
-        build_parser().exit(getattr(e, "status", 2), f"python -m hanet_fast.train: error: {_error_text(e)}\n")
+        build_parser().exit(getattr(e, "status", 2), f"python -m hanet_fast.train: error: {one_line(e)}\n")
     except KeyboardInterrupt:  # the newline ends a progress bar's line
         build_parser().exit(130, f"\npython -m hanet_fast.train: {_interrupted(trainer)}\n")
     return 0

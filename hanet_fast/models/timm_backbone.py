@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from hanet_fast._messages import one_line
 from hanet_fast.models.backbones import OUTPUT_STRIDES, BackboneSpec, check_state_dict_fits
 
 __all__ = ["TIMM_PREFIX", "TimmBackboneSpec", "TimmUnavailableError", "build_timm_trunk", "convert_sync_batchnorm",
@@ -89,11 +90,6 @@ def _model_name(backbone: str) -> str:
     return name
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) < 300 else text[:297] + "..."
-
-
 def _features_model(name: str, output_stride: int | None, **kwargs) -> nn.Module:
     """timm's features-only network (``output_stride`` None: the native stride)."""
     if output_stride is not None:
@@ -126,7 +122,7 @@ def timm_spec(backbone: str) -> TimmBackboneSpec:
             info = _features_model(name, None).feature_info
     except Exception as err:  # timm says why in its own words (no features_only support, ...)
         raise ValueError(f"hanet_fast.models: backbone {backbone!r}: timm cannot build its features "
-                         f"({type(err).__name__}: {_one_line(err)})") from err
+                         f"({one_line(err, 300, with_type=True)})") from err
     strides, channels = list(info.reduction()), list(info.channels())
     if _LOW_STRIDE not in strides or strides.index(_LOW_STRIDE) > len(strides) - 3:
         raise ValueError(
@@ -191,7 +187,7 @@ def _checked_state_dict(backbone: str, name: str, path: str) -> dict[str, torch.
         state = timm.models.load_state_dict(path)
     except Exception as err:  # not a weights file, corrupt, objects weights_only refuses
         raise ValueError(f"hanet_fast.models: pretrained_backbone {path!r} cannot be read as a .safetensors / "
-                         f".pth state dict: {type(err).__name__}: {_one_line(err)}") from err
+                         f".pth state dict: {one_line(err, 300, with_type=True)}") from err
     with torch.device("meta"):
         net = timm.create_model(name)
     heads = tuple(f"{c}." for c in _as_tuple(net.pretrained_cfg.get("classifier")))
@@ -243,7 +239,7 @@ def _hub_weights(backbone: str, name: str) -> str:
         try:
             return _download(huggingface_hub, cfg.hf_hub_id, files)
         except Exception as err:  # network, proxy, missing file: one clear message
-            problem = f"the download failed ({type(err).__name__}: {_one_line(err)})"
+            problem = f"the download failed ({one_line(err, 300, with_type=True)})"
     raise RuntimeError(
         f"hanet_fast.models: cannot get timm's pretrained weights of {backbone} ({cfg.hf_hub_id} on the Hugging Face "
         f"hub): {problem}. Download them on a machine that is online (huggingface-cli download {cfg.hf_hub_id}) and "
@@ -261,7 +257,7 @@ def _offline_reason(endpoint: str) -> str | None:
     try:
         socket.create_connection((url.hostname, port), timeout=_PROBE_TIMEOUT_S).close()
     except OSError as err:
-        return f"{url.hostname} cannot be reached ({_one_line(err)})"
+        return f"{url.hostname} cannot be reached ({one_line(err, 300)})"
     return None
 
 
