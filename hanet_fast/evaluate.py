@@ -50,7 +50,8 @@ from hanet_fast._cli import (add_compile_arg, add_run_checkpoint_arg, check_outp
                              error_exit, image_size, interrupted, parse_args, resolve_device, run_checkpoint,
                              same_size_batches, scales_arg, size_arg)
 from hanet_fast.data import (BDD100K, CLASS_NAMES, DATASETS, NUM_CLASSES, Cityscapes, DatasetError, EvalTransform,
-                             SyntheticUrbanScenes, build_dataset, labels_for)
+                             SyntheticUrbanScenes, build_dataset, labels_for, official_eval_transform)
+from hanet_fast.data.mapillary import MAPILLARY_EVAL_HEIGHT
 from hanet_fast.data.labels import train_to_label_lut
 from hanet_fast.data.synthetic import SPLIT_IDS
 from hanet_fast.evaluation import accumulate_confusion
@@ -127,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bdd100k: holds images/10k/ and labels/sem_seg/masks/, mapillary: holds config.json, "
                         "training/ and validation/")
     g.add_argument("--split", default="val", help="split to evaluate (default: val; synthetic: train, val or test)")
+    g.add_argument("--full-images", action="store_true",
+                   help="mapillary: score the full images, not the official validation view (each image resized to "
+                        f"{MAPILLARY_EVAL_HEIGHT} rows, its centre {MAPILLARY_EVAL_HEIGHT} columns kept), which the "
+                        "training runs and the paper's numbers use")
     g.add_argument("--synthetic-size", type=size_arg, metavar="HxW", default=None,
                    help="synthetic scene size HxW (default: the checkpoint's, else 128x256)")
     g.add_argument("--synthetic-val", type=int, default=None,
@@ -191,11 +196,16 @@ def _resolve_data(args: argparse.Namespace, info: dict, parser: argparse.Argumen
         parser.error(f"--data-root is required for --dataset {args.dataset}")
     if args.official and args.dataset != "cityscapes":
         parser.error("--official compares with the Cityscapes evaluation: it needs --dataset cityscapes")
+    if args.full_images and official_eval_transform(args.dataset) is None:
+        parser.error(f"--full-images is for mapillary, whose official validation crops the images; {args.dataset} "
+                     "is always scored on full images")
 
 
 def _build_dataset(args: argparse.Namespace):
     # The official protocols resize the uint8 image themselves, as eval.py does.
-    transform = EvalTransform(tensor=args.protocol == "ours")
+    tensor = args.protocol == "ours"
+    transform = (None if args.full_images else official_eval_transform(args.dataset, tensor)) or EvalTransform(
+        tensor=tensor)
     if args.dataset == "synthetic":
         return SyntheticUrbanScenes(args.split, args.synthetic_val, args.synthetic_size, args.data_seed, transform)
     if args.dataset == "cityscapes":
@@ -327,7 +337,9 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
     print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
     protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
-    print(f"{args.dataset} {args.split}, {n} images; {protocol}"
+    view = "" if official_eval_transform(args.dataset) is None else (
+        "full images, " if args.full_images else f"the official view ({MAPILLARY_EVAL_HEIGHT} rows, centre crop), ")
+    print(f"{args.dataset} {args.split}, {n} images; {view}{protocol}"
           f"scales {','.join(f'{s:g}' for s in args.scales)}, "
           f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
     print(format_table(ious, miou, acc, class_names))
@@ -337,7 +349,8 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     return {
         "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
         "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
-        "split": args.split, "images": n, "scales": list(args.scales), "flip": args.flip,
+        "split": args.split, "full_images": args.full_images or official_eval_transform(args.dataset) is None,
+        "images": n, "scales": list(args.scales), "flip": args.flip,
         "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
         "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
         "amp": args.amp, "mIoU": _nan_to_none(miou), "pixel_acc": _nan_to_none(acc),

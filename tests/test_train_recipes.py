@@ -144,21 +144,35 @@ def test_bdd100k_presets_use_a_tile_that_finds_centroids(tmp_path):
     assert cents[13] and cents[0] and cents[10]
 
 
-def test_evaluate_infer_analyze_name_and_colour_65_classes(tmp_path, capsys):
+def test_evaluate_infer_analyze_name_and_colour_65_classes(tmp_path, capsys, monkeypatch):
     import numpy as np
     from PIL import Image
 
+    import hanet_fast.data.registry as registry
     from hanet_fast import analyze, evaluate, infer
+    from hanet_fast.data import build_dataset, official_eval_transform
     from test_recipes_data import _mapillary_config
 
     root = _mapillary_tree(tmp_path)
     run = tmp_path / "run"
     assert main(_mapillary_args(root, tmp_path, run)) == 0
-    out = tmp_path / "eval.json"
+    # the official view (1536 rows, centre crop) at 32 rows, so that the test stays small
+    monkeypatch.setattr(registry, "MAPILLARY_EVAL_HEIGHT", 32)
+    view = build_dataset("mapillary", "val", official_eval_transform("mapillary"), root=root)[0]["mask"]
+    assert tuple(view.shape) == (32, 32)
+    out, full = tmp_path / "eval.json", tmp_path / "full.json"
     assert evaluate.main(["--checkpoint", str(run), "--no-progress", "--json", str(out), "--workers", "0"]) == 0
     result = json.load(open(out))
     assert result["dataset"] == "mapillary" and list(result["iou"])[:2] == ["Class 0", "Class 1"]
-    assert len(result["iou"]) == 65 and "Class 64" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert len(result["iou"]) == 65 and "Class 64" in printed and "the official view" in printed
+    assert not result["full_images"] and np.sum(result["confusion"]) == int((view != 255).sum())
+    assert evaluate.main(["--checkpoint", str(run), "--no-progress", "--json", str(full), "--workers", "0",
+                          "--full-images"]) == 0
+    assert json.load(open(full))["full_images"] and np.sum(json.load(open(full))["confusion"]) == 24 * 40 - 4
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--checkpoint", str(run), "--no-progress", "--dataset", "synthetic", "--full-images"])
+    assert exc.value.code == 2 and "--full-images is for mapillary" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # labelIds are Cityscapes': one line naming the flag
         evaluate.main(["--checkpoint", str(run), "--no-progress", "--save-labelids", str(tmp_path / "ids")])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after evaluate's usage lines

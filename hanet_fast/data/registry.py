@@ -64,9 +64,10 @@ def dataset_labels(name: str, root: str | None = None) -> LabelSet:
     return CITYSCAPES_LABELS
 
 
-def official_eval_transform(name: str) -> Callable | None:
+def official_eval_transform(name: str, tensor: bool = True) -> Callable | None:
     """The validation transform the official trainer applies to data set ``name`` where it is not
-    the full image: Mapillary's resize to 1536 rows and centre 1536 x 1536 crop. None for the
-    others (evaluate full images with ``EvalTransform``)."""
+    the full image: Mapillary's resize to 1536 rows and centre 1536 x 1536 crop (the view behind
+    the paper's Mapillary numbers). None for the others (evaluate full images with
+    ``EvalTransform``). ``tensor=False`` keeps the sample as uint8 arrays."""
     _check_name(name)
-    return ResizeHeightCrop(MAPILLARY_EVAL_HEIGHT) if name == "mapillary" else None
+    return ResizeHeightCrop(MAPILLARY_EVAL_HEIGHT, tensor=tensor) if name == "mapillary" else None
