@@ -22,11 +22,26 @@ inline std::string shape_str(const at::Tensor& t) {
   return out.str();
 }
 
+// The dtypes every kernel computes in (DESIGN §1; hanet_fast/ops/_validate.py FLOAT_DTYPES).
+inline bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble;
+}
+
+// TypeError unless t is a dense tensor of a kernel dtype (float8 is a floating type to ATen,
+// but no kernel is built for it). Sparse tensors never get here: csrc/dense_only.cpp refuses
+// them at dispatch.
+inline void check_dense_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.layout() == at::kStrided, "hanet_fast: ", name, " must be a dense (strided) tensor, got layout ",
+                   t.layout(), "; convert it with ", name, ".to_dense()");
+  TORCH_CHECK_TYPE(is_kernel_dtype(t.scalar_type()), "hanet_fast: ", name, " must have a ",
+                   at::isFloatingType(t.scalar_type()) ? "dtype" : "floating-point dtype",
+                   " among float16, bfloat16, float32, float64, got ", t.scalar_type());
+}
+
 inline void check_feature_map(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() == 4, "hanet_fast: ", name, " must be a 4-D tensor [B, C, H, W], got ", x.dim(),
                     "-D with shape ", shape_str(x));
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "hanet_fast: ", name,
-                   " must have a floating-point dtype, got ", x.scalar_type());
+  check_dense_float(x, name);
 }
 
 inline void check_height_pool(const at::Tensor& x, int64_t rows) {
@@ -39,8 +54,7 @@ inline void check_height_pool(const at::Tensor& x, int64_t rows) {
 inline void check_attn(const at::Tensor& x, const at::Tensor& attn) {
   TORCH_CHECK_VALUE(attn.dim() == 3, "hanet_fast: attn must be a 3-D tensor [B, C, rows], got ", attn.dim(),
                     "-D with shape ", shape_str(attn));
-  TORCH_CHECK_TYPE(at::isFloatingType(attn.scalar_type()),
-                   "hanet_fast: attn must have a floating-point dtype, got ", attn.scalar_type());
+  check_dense_float(attn, "attn");
   TORCH_CHECK_VALUE(attn.device() == x.device(), "hanet_fast: attn is on ", attn.device(), " but x is on ",
                     x.device(), "; they must be on one device");
   TORCH_CHECK_VALUE(attn.size(0) == x.size(0) && attn.size(1) == x.size(1),
@@ -74,8 +88,7 @@ inline void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x) {
 inline void check_pool_grad(const at::Tensor& grad_out, int64_t height, int64_t width) {
   TORCH_CHECK_VALUE(grad_out.dim() == 3, "hanet_fast: grad_out must be a 3-D tensor [B, C, rows], got ",
                     grad_out.dim(), "-D with shape ", shape_str(grad_out));
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()),
-                   "hanet_fast: grad_out must have a floating-point dtype, got ", grad_out.scalar_type());
+  check_dense_float(grad_out, "grad_out");
   TORCH_CHECK_VALUE(height >= 1 && width >= 1, "hanet_fast: height and width must be >= 1, got ", height, " and ",
                     width);
 }

@@ -25,6 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # run as a script: use this checkout's hanet_fast
 
 from hanet_fast._io import write_json, write_text  # noqa: E402
+from hanet_fast._provenance import code_fingerprint  # noqa: E402
 
 VARIANTS = {"baseline": ["--baseline"], "hanet": []}
 
@@ -84,7 +85,7 @@ def _markdown(record: dict, table: str) -> str:
             f"- command: `{record['command']}`\n"
             f"- run: `python -m hanet_fast.train{' ' + extra if extra else ''}` (the default training run), with "
             f"`--baseline` (no HANet) and without, same seeds, same budget\n"
-            f"- code: commit {record['commit']}\n"
+            f"- code: commit {record['commit']}, training code {record['code']}\n"
             f"- machine: {record['machine']}; {record['wall_seconds']:.0f} s for the {2 * len(record['seeds'])} runs, "
             f"{record['jobs']} at a time\n"
             f"- metric: validation mIoU (%) on the synthetic validation split at the end of each run "
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.out)
     os.makedirs(args.out)
 
-    commit = code_commit()  # before the runs: the code they ran
+    commit, code = code_commit(), code_fingerprint(REPO_ROOT)  # before the runs: the code they ran
     pending, running, t0 = _runs(args.out, seeds), [], time.time()
     while pending or running:
         while pending and len(running) < args.jobs:
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             results[variant][str(seed)] = 100 * json.load(f)["mIoU"]
     table, summary = _table(seeds, results)
     record = {"command": "python scripts/baseline_vs_hanet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "commit": commit, "machine": machine(), "seeds": seeds, "jobs": args.jobs, "extra_args": extra,
+              "commit": commit, "code": code, "machine": machine(), "seeds": seeds, "jobs": args.jobs, "extra_args": extra,
               "mIoU": results, "summary": summary, "wall_seconds": time.time() - t0}
     print(f"\nmIoU % on the synthetic val split ({len(seeds)} seeds, sample std; {time.time() - t0:.0f} s):\n{table}")
     write_json(os.path.join(args.out, "results.json"), record, overwrite=False, indent=1)

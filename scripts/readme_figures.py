@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from hanet_fast._io import write_json, write_text  # noqa: E402
+from hanet_fast._provenance import code_fingerprint  # noqa: E402
 
 README = os.path.join(ROOT, "README.md")
 DEFAULT_RUN_JSON = os.path.join(ROOT, "docs", "default_run.json")
@@ -43,7 +44,7 @@ ANALYZE_TXT = os.path.join(ROOT, "docs", "analyze_synthetic.txt")
 COMPARISONS = os.path.join(ROOT, "benchmarks", "results", "cpu-baseline-vs-hanet-*", "results.md")
 HANET_ROW = re.compile(r"^\| \+ HANet \|(?P<seeds>.*)\| (?P<mean>[\d.]+) ± (?P<std>[\d.]+) \|$", re.M)
 BASELINE_ROW = re.compile(r"^\| baseline \|(?P<cells>.*\|)$", re.M)
-COMPARISON_COMMIT = re.compile(r"^- code: commit (?P<commit>[0-9a-f]+)", re.M)
+COMPARISON_COMMIT = re.compile(r"^- code: commit (?P<commit>[0-9a-f]+)(\S*, training code (?P<code>[0-9a-f]+))?", re.M)
 
 
 def _read(path: str) -> str:
@@ -65,7 +66,7 @@ def comparison() -> dict[str, str]:
     seeds = ", ".join(s.strip() for s in hanet["seeds"].split("|"))
     table = ("| synthetic val mIoU (%) | seed 0 | seed 1 | seed 2 | mean ± std |\n|---|---|---|---|---|\n"
              f"| DeepLabv3+ MobileNetV2 |{baseline['cells']}\n{hanet.group(0).replace('| + HANet |', '| + HANet |')}")
-    return {"path": os.path.relpath(paths[-1], ROOT), "commit": commit["commit"],
+    return {"path": os.path.relpath(paths[-1], ROOT), "commit": commit["commit"], "code": commit["code"],
             "spread": f"{hanet['mean']} ± {hanet['std']} % (seeds 0-2: {seeds})", "table": table}
 
 
@@ -73,9 +74,13 @@ def render_blocks() -> dict[str, str]:
     """The README's marked blocks, from the recorded files."""
     run = json.loads(_read(DEFAULT_RUN_JSON))
     seeds = comparison()
-    same_code = ("the same code" if run["commit"].startswith(seeds["commit"]) or seeds["commit"].startswith(run["commit"])
-                 else f"commit {seeds['commit']}, earlier code than this run's, so the two figures are not from the "
-                      "same network code")
+    if run["commit"].startswith(seeds["commit"]) or seeds["commit"].startswith(run["commit"]):
+        same_code = "the same code"
+    elif run.get("code") is not None and run.get("code") == seeds["code"]:
+        same_code = f"commit {seeds['commit']}, with the same training code (fingerprint {seeds['code']})"
+    else:
+        same_code = (f"commit {seeds['commit']}, with other training code than this run's (or code not recorded), so "
+                     "the two figures are not known to come from the same code")
     default_run = (
         f"The default run (`python -m hanet_fast.train`, seed 0, commit {run['commit']}) ended at "
         f"{100 * run['mIoU']:.2f} % mIoU and {100 * run['pixel_acc']:.2f} % pixel accuracy on the synthetic "
@@ -105,11 +110,12 @@ def regenerate(run: str) -> None:
     commit checked out when it started)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
+    code = code_fingerprint(ROOT)
     env = dict(os.environ, RUN=os.path.abspath(run))
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "readme_examples.sh")], cwd=ROOT, env=env, check=True)
     metrics = json.loads(_read(os.path.join(run, "metrics.json")))
     write_json(DEFAULT_RUN_JSON, {"mIoU": metrics["mIoU"], "pixel_acc": metrics["pixel_acc"],
-                                  "iteration": metrics["iteration"], "commit": commit}, overwrite=True)
+                                  "iteration": metrics["iteration"], "commit": commit, "code": code}, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,16 @@ def test_every_op_has_a_cpu_kernel():
     assert all(_extension.has_kernel(op, "CPU") for op in _schema_ops())
 
 
+def test_every_op_refuses_sparse_inputs_at_dispatch():
+    """csrc/dense_only.cpp names the ops again: each one has its TypeError kernel for every
+    sparse layout (the error itself: test_ops.py::test_direct_cpp_ops_refuse_float8_and_sparse_...)."""
+    if not _extension.is_loaded():
+        pytest.skip(_extension.LOAD_ERROR)
+    for key in ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA"):
+        missing = [op for op in _schema_ops() if not _extension.has_kernel(op, key)]
+        assert not missing, f"csrc/dense_only.cpp registers no {key} kernel for {missing}"
+
+
 # ----------------------------------------------------------------------------- GPU
 def _require_cuda():
     require_backend("cuda", "cuda")

@@ -452,6 +452,30 @@ def test_float8_and_sparse_inputs_raise_type_error_naming_the_argument(backend):
                 hanet_fast.height_pool(bad_x, 2, backend=backend)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_direct_cpp_ops_refuse_float8_and_sparse_with_the_public_apis_type_error(device):
+    """torch.ops.hanet_fast.* called directly: float8 and sparse (COO and CSR) inputs are a
+    TypeError naming the argument, as in the public API, not the dispatcher's NotImplementedError."""
+    require_backend(device, device)
+    ops = torch.ops.hanet_fast
+    x, attn = torch.randn(1, 2, 4, 3, device=device), torch.rand(1, 2, 2, device=device)
+    grad_out = torch.randn(1, 2, 2, device=device)
+    calls = [
+        ("x", lambda: ops.height_pool_avg(x.to(torch.float8_e4m3fn), 2)),
+        ("x", lambda: ops.height_pool_max(x.to_sparse(), 2)),
+        ("x", lambda: ops.height_gate(x.to(torch.float8_e5m2), attn.to(torch.float8_e5m2))),
+        ("x", lambda: ops.height_gate(x.to_sparse(), attn)),
+        ("attn", lambda: ops.height_gate(x, attn.to_sparse())),
+        ("attn", lambda: ops.height_gate(x, attn.to_sparse_csr())),
+        ("grad_y", lambda: ops.height_gate_backward(x.to_sparse(), x, attn)),
+        ("grad_out", lambda: ops.height_pool_avg_backward(grad_out.to(torch.float8_e4m3fn), 4, 3, False)),
+        ("grad_out", lambda: ops.height_pool_avg_backward(grad_out.to_sparse(), 4, 3, False)),
+    ]
+    for name, call in calls:
+        with pytest.raises(TypeError, match=f"^hanet_fast: {name} must (be a dense|have a dtype among)"):
+            call()
+
+
 def test_cpu_backend_refuses_tensors_of_another_device():
     require_backend("cpu", "cpu")
     x = torch.randn(1, 1, 2, 2, device="meta")
