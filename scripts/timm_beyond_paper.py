@@ -87,7 +87,7 @@ def render(table: dict) -> str:
     for backbone, result in table["backbones"].items():
         c = result["cost"]
         (p0, p1), (g0, g1) = c["params"], c["gmacs"]
-        lines.append(f"| timm:{backbone} | {table['output_stride']} | {p0 / 1e6:.2f}M | {p1 / 1e6:.2f}M "
+        lines.append(f"| timm:{backbone} | {table['output_stride']} | {p0 / 1e6:.3f}M | {p1 / 1e6:.3f}M "
                      f"| {100 * c['hanet_params'] / p1:.1f} % | {g0:.2f} | {g1:.2f} | {100 * (g1 - g0) / g1:.3f} % |")
     if "commit" in table:
         runs = 2 * len(seeds) * len(table["backbones"])

@@ -43,7 +43,7 @@ def test_readme_from_a_recorded_run_and_check_catches_an_edit(tmp_path, monkeypa
     assert "<!-- source: runs/timm_table.json -->" in text and script.PLACEHOLDER not in text
     assert "| DeepLabv3+ timm:convnext_atto | 10.00 | 11.00 | 10.50 ± 0.50 |" in text
     assert "| + HANet | 12.00 | 13.50 | 12.75 ± 0.50 |" in text
-    assert "| timm:convnext_atto | 16 | 8.00M | 8.20M | 2.4 % | 200.00 | 200.50 | 0.249 % |" in text
+    assert "| timm:convnext_atto | 16 | 8.000M | 8.200M | 2.4 % | 200.00 | 200.50 | 0.249 % |" in text
     assert script.main(["--check"]) == 0
     readme.write_text(text.replace("12.75 ± 0.50", "14.00 ± 0.50"))  # a hand edit
     assert script.main(["--check"]) == 1
