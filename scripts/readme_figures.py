@@ -44,6 +44,7 @@ ANALYZE_TXT = os.path.join(ROOT, "docs", "analyze_synthetic.txt")
 COMPARISONS = os.path.join(ROOT, "benchmarks", "results", "cpu-baseline-vs-hanet-*", "results.md")
 HANET_ROW = re.compile(r"^\| \+ HANet \|(?P<seeds>.*)\| (?P<mean>[\d.]+) ± (?P<std>[\d.]+) \|$", re.M)
 BASELINE_ROW = re.compile(r"^\| baseline \|(?P<cells>.*\|)$", re.M)
+COMPARISON_THREADS = re.compile(r"^- command: `[^`]*--threads (?P<threads>\d+)", re.M)
 COMPARISON_COMMIT = re.compile(r"^- code: commit (?P<commit>[0-9a-f]+)(\S*, training code (?P<code>[0-9a-f]+))?", re.M)
 
 
@@ -66,7 +67,9 @@ def comparison() -> dict[str, str]:
     seeds = ", ".join(s.strip() for s in hanet["seeds"].split("|"))
     table = ("| synthetic val mIoU (%) | seed 0 | seed 1 | seed 2 | mean ± std |\n|---|---|---|---|---|\n"
              f"| DeepLabv3+ MobileNetV2 |{baseline['cells']}\n{hanet.group(0).replace('| + HANet |', '| + HANet |')}")
+    threads = COMPARISON_THREADS.search(text)
     return {"path": os.path.relpath(paths[-1], ROOT), "commit": commit["commit"], "code": commit["code"],
+            "threads": threads["threads"] if threads else None,
             "spread": f"{hanet['mean']} ± {hanet['std']} % (seeds 0-2: {seeds})", "table": table}
 
 
@@ -85,11 +88,13 @@ def render_blocks() -> dict[str, str]:
         f"The default run (`python -m hanet_fast.train`, seed 0, commit {run['commit']}) ended at "
         f"{100 * run['mIoU']:.2f} % mIoU and {100 * run['pixel_acc']:.2f} % pixel accuracy on the synthetic "
         f"validation scenes after {run['iteration']} iterations. The mIoU varies by seed: the same recipe gave "
-        f"{seeds['spread']} in the [baseline-vs-HANet comparison]({seeds['path']}), measured at {same_code}."
+        f"{seeds['spread']} in the [baseline-vs-HANet comparison]({seeds['path']}), measured at {same_code}"
+        + (f" with `--threads {seeds['threads']}` per run (on a CPU the thread count changes the order of the "
+           "floating-point sums, so its seed 0 need not match this run)." if seeds["threads"] else ".")
     )
     return {
         "default-run": default_run,
-        "comparison": seeds["table"],
+        "comparison": seeds["table"] + f"\n\nMeasured at commit {seeds['commit']}: [{seeds['path']}]({seeds['path']}).",
         "evaluate": "```\n" + _read(EVALUATE_TXT).rstrip("\n") + "\n```",
         "analyze": "```\n" + _read(ANALYZE_TXT).rstrip("\n") + "\n```",
     }
