@@ -47,7 +47,8 @@ def newest_runs(results_dir: str) -> list[tuple[str, dict]]:
             continue
         with open(path) as f:
             run = json.load(f)
-        if set(run["suites"]) != set(SUITE_NAMES):
+        # other scripts' results.json (the seed comparisons) hold no suites: not benchmark runs
+        if not isinstance(run, dict) or set(run.get("suites", ())) != set(SUITE_NAMES):
             continue
         slug = run["machine"]["device_slug"]
         if slug not in newest or run["machine"]["date"] > newest[slug][1]["machine"]["date"]:
