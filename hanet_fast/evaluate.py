@@ -199,13 +199,13 @@ def _resolve_data(args: argparse.Namespace, info: dict, parser: argparse.Argumen
     if args.full_images and official_eval_transform(args.dataset) is None:
         parser.error(f"--full-images is for mapillary, whose official validation crops the images; {args.dataset} "
                      "is always scored on full images")
+    args.full_images = args.full_images or official_eval_transform(args.dataset) is None
 
 
 def _build_dataset(args: argparse.Namespace):
     # The official protocols resize the uint8 image themselves, as eval.py does.
     tensor = args.protocol == "ours"
-    transform = (None if args.full_images else official_eval_transform(args.dataset, tensor)) or EvalTransform(
-        tensor=tensor)
+    transform = EvalTransform(tensor=tensor) if args.full_images else official_eval_transform(args.dataset, tensor)
     if args.dataset == "synthetic":
         return SyntheticUrbanScenes(args.split, args.synthetic_val, args.synthetic_size, args.data_seed, transform)
     if args.dataset == "cityscapes":
@@ -337,8 +337,7 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     iteration = "" if info["iteration"] is None else f", iteration {info['iteration']}"
     print(f"\n{args.checkpoint} ({info['source']}, {cfg.backbone} OS{cfg.output_stride}{iteration})")
     protocol = "" if args.protocol == "ours" else f"protocol {args.protocol}, "
-    view = "" if official_eval_transform(args.dataset) is None else (
-        "full images, " if args.full_images else f"the official view ({MAPILLARY_EVAL_HEIGHT} rows, centre crop), ")
+    view = "" if args.full_images else f"the official view ({MAPILLARY_EVAL_HEIGHT} rows, centre crop), "
     print(f"{args.dataset} {args.split}, {n} images; {view}{protocol}"
           f"scales {','.join(f'{s:g}' for s in args.scales)}, "
           f"flip {'on' if args.flip else 'off'}, sliding {sliding}; {seconds:.1f} s")
@@ -349,7 +348,7 @@ def _report(args: argparse.Namespace, info: dict, conf: torch.Tensor, n: int, se
     return {
         "checkpoint": os.fspath(args.checkpoint), "source": info["source"], "iteration": info["iteration"],
         "backbone": cfg.backbone, "output_stride": cfg.output_stride, "dataset": args.dataset,
-        "split": args.split, "full_images": args.full_images or official_eval_transform(args.dataset) is None,
+        "split": args.split, "full_images": args.full_images,
         "images": n, "scales": list(args.scales), "flip": args.flip,
         "sliding": None if args.sliding is None else list(args.sliding), "overlap": args.overlap,
         "protocol": args.protocol, "crop_size": args.crop_size if args.protocol == "official-sliding" else None,
