@@ -298,7 +298,8 @@ def _lock(folder: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            # The holder writes its id just after locking, so a claim racing it may read nothing yet.
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that has not yet named itself"
             os.close(fd)
             raise FolderInUseError(f"{folder} is in use by another run ({holder})") from None
         # The holder we waited for may have removed (released) the file we locked: lock the one there now.

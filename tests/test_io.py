@@ -1,7 +1,9 @@
 """hanet_fast._io: atomic writes that never follow links, and run folders claimed by one process."""
 
+import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -116,7 +118,22 @@ def test_of_two_processes_claiming_one_folder_exactly_one_wins(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert sorted(p.returncode for p in procs) == [0, 3], outs
-    assert any("in use by another run (process" in o or "already holds files" in o for o in outs)
+    # The loser names the winner's process, unless it looked before the winner wrote its id.
+    assert any(re.search(r"in use by another run \((process \d+ on|a process that has not yet named itself)", o)
+               or "already holds files" in o for o in outs), outs
+
+
+def test_a_claim_racing_a_holder_that_has_not_yet_written_its_id_is_refused_with_a_named_reason(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / _io.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # locked, but empty: the holder's id is not written yet
+        with pytest.raises(_io.FolderInUseError, match=r"in use by another run \(a process that has not yet"):
+            _io.claim_run_folder(run, reuse=True)
+    finally:
+        os.close(fd)
+    _io.claim_run_folder(run, reuse=True).release()
 
 
 def test_a_crashed_claim_leaves_no_stale_lock(tmp_path):
